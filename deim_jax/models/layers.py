@@ -1,0 +1,218 @@
+"""Building blocks shared by every model family, with PyTorch numerics.
+
+Conventions (the converter in ``deim_jax.convert`` relies on them):
+  * activations are NHWC for images and [B, N, C] for tokens;
+  * a Flax submodule is named after the PyTorch attribute it mirrors, with list
+    indices joined by ``_`` (PyTorch ``stages.0.blocks.1.conv`` -> Flax
+    ``stages_0/blocks_1/conv``);
+  * parameter leaves: conv/linear ``kernel`` (+ ``bias``), norms ``scale`` +
+    ``bias``; BatchNorm running statistics live in the ``batch_stats``
+    collection as ``mean``, ``var`` and ``num_batches_tracked``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+xavier_uniform = nn.initializers.xavier_uniform()
+
+LN_EPS = 1e-5  # PyTorch LayerNorm default (Flax's is 1e-6).
+
+
+def gelu_exact(x):
+    """GELU with erf, as torch.nn.GELU() (jax.nn.gelu defaults to the tanh form)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "gelu": gelu_exact,
+    "identity": lambda x: x,
+    None: lambda x: x,
+}
+
+
+def get_activation(name: Optional[str]) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(k for k in ACTIVATIONS if k)}")
+    return ACTIVATIONS[name]
+
+
+def LayerNorm(name: Optional[str] = None) -> nn.LayerNorm:
+    """LayerNorm with PyTorch's epsilon (1e-5)."""
+    return nn.LayerNorm(epsilon=LN_EPS, name=name)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with PyTorch semantics.
+
+    Train mode normalizes with the biased batch variance over all leading axes
+    and updates the running statistics with momentum 0.1 using the *unbiased*
+    variance; eval mode uses the running statistics. Under ``jit`` with a batch
+    sharded over a mesh the batch mean is taken over the global batch, which
+    gives SyncBatchNorm semantics without collectives in user code.
+
+    ``frozen=True`` mirrors torchvision's FrozenBatchNorm2d: running statistics
+    always, no ``num_batches_tracked`` (the optimizer must not train it).
+    """
+
+    epsilon: float = 1e-5
+    momentum: float = 0.1
+    frozen: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if not self.frozen:
+            count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
+        if train and not self.frozen:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            if not self.is_initializing():
+                n = xf.size // c
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+                count.value = count.value + 1
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        inv = jax.lax.rsqrt(var + self.epsilon) * scale
+        y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
+        return y
+
+
+def Conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    padding: Union[int, Sequence[Tuple[int, int]], None] = None,
+    use_bias: bool = False,
+    name: Optional[str] = None,
+    kernel_init=torch_kernel_init,
+) -> nn.Conv:
+    """A 2-D conv with PyTorch's explicit symmetric padding ((k-1)//2 by default)."""
+    if padding is None:
+        padding = (kernel - 1) // 2
+    if isinstance(padding, int):
+        padding = [(padding, padding), (padding, padding)]
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=padding,
+        feature_group_count=groups,
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+class ConvNorm(nn.Module):
+    """conv (no bias) -> BatchNorm -> activation.
+
+    ``norm_name`` is the PyTorch attribute of the norm ('bn' in HGNetv2,
+    'norm' in the encoders and PResNet).
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    groups: int = 1
+    padding: Optional[int] = None
+    act: Optional[str] = None
+    norm_name: str = "norm"
+    frozen_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = Conv(self.features, self.kernel, self.stride, self.groups, self.padding, name="conv")(x)
+        x = BatchNorm(frozen=self.frozen_norm, name=self.norm_name)(x, train)
+        return get_activation(self.act)(x)
+
+
+class MLP(nn.Module):
+    """Linear layers ``layers_0..layers_{n-1}`` with ``act`` between them (not after the last)."""
+
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    act: str = "relu"
+    last_zero_init: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        f = get_activation(self.act)
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            dim = self.output_dim if last else self.hidden_dim
+            init = nn.initializers.zeros if (last and self.last_zero_init) else torch_kernel_init
+            x = nn.Dense(dim, kernel_init=init, name=f"layers_{i}")(x)
+            if not last:
+                x = f(x)
+        return x
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention (batch_first), with its packed input projection.
+
+    Params: ``in_proj_kernel`` [d, 3d] (= PyTorch ``in_proj_weight.T``; columns
+    q | k | v), ``in_proj_bias`` [3d], ``out_proj`` Dense d -> d.
+    ``mask``: bool, broadcastable to [B, heads, Lq, Lk], **True = may not attend**.
+    """
+
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, query, key, value, mask: Optional[jax.Array] = None):
+        d = query.shape[-1]
+        h = self.num_heads
+        hd = d // h
+        w = self.param("in_proj_kernel", xavier_uniform, (d, 3 * d))
+        b = self.param("in_proj_bias", nn.initializers.zeros, (3 * d,))
+        w = w.astype(query.dtype)
+        b = b.astype(query.dtype)
+        q = query @ w[:, :d] + b[:d]
+        k = key @ w[:, d : 2 * d] + b[d : 2 * d]
+        v = value @ w[:, 2 * d :] + b[2 * d :]
+
+        def heads(t):
+            return t.reshape(t.shape[:-1] + (h, hd))
+
+        q, k, v = heads(q) * (hd**-0.5), heads(k), heads(v)
+        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k)
+        if mask is not None:
+            logits = jnp.where(mask, jnp.asarray(-jnp.inf, logits.dtype), logits)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(query.shape[:-1] + (d,))
+        return nn.Dense(d, kernel_init=torch_kernel_init, name="out_proj")(out)
+
+
+def inverse_sigmoid(x, eps: float = 1e-5):
+    """log(x / (1 - x)) with x clipped to [0, 1] and both terms to >= eps (official form)."""
+    x = jnp.clip(x, 0.0, 1.0)
+    return jnp.log(jnp.clip(x, eps, None) / jnp.clip(1.0 - x, eps, None))
+
+
+def bias_init_with_prob(prior_prob: float) -> float:
+    import math
+
+    return float(-math.log((1 - prior_prob) / prior_prob))
+
+
+def constant_init(value: float):
+    return functools.partial(lambda v, key, shape, dtype=jnp.float32: jnp.full(shape, v, dtype), value)
