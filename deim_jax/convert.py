@@ -155,6 +155,21 @@ def strip_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Array]:
     return out
 
 
+def raw_variables(state_dict: Mapping[str, Any]) -> Dict[str, Dict]:
+    """Map every stored key generically, without checking it against a model.
+
+    Derived entries and shared aliases are skipped. Useful to feed a single
+    submodule (``raw['params']['backbone']``) in tests and tools.
+    """
+    out: Dict[str, Dict] = {"params": {}, "batch_stats": {}}
+    for key, value in strip_prefix(state_dict).items():
+        if key in _ALIASES or _DERIVED.match(key):
+            continue
+        coll, path = torch_key_to_flax(key, np.ndim(value))
+        _set(out[coll], path, _to_flax_layout(key, np.asarray(value), path))
+    return out
+
+
 def from_torch_state_dict(state_dict: Mapping[str, Any], cfg) -> Dict[str, Dict]:
     """PyTorch state dict (name -> array) -> ``{'params', 'batch_stats'}`` for ``models.build(cfg)``.
 
