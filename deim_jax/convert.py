@@ -31,6 +31,8 @@ Array = np.ndarray
 _DERIVED = re.compile(r"^decoder\.(anchors|valid_mask|decoder\.layers\.\d+\.cross_attn\.num_points_scale)$")
 # Shared duplicates of decoder.up / decoder.reg_scale.
 _ALIASES = {"decoder.decoder.up": "decoder.up", "decoder.decoder.reg_scale": "decoder.reg_scale"}
+# PyTorch attribute names that themselves end in "_<digit>" (PResNet stem convs).
+_LITERAL_NAMES = re.compile(r"^conv\d+_\d+$")
 _EMBEDDINGS = re.compile(r"(^|\.)denoising_class_embed\.weight$")
 
 
@@ -87,7 +89,10 @@ def flax_to_torch_key(collection: str, path: Tuple[str, ...]) -> str:
         leaf = "in_proj_weight"
     parts = []
     for m in mod:
-        parts.extend(re.sub(r"_(\d+)(?=(_\d+)*$)", r".\1", m).split("."))
+        if _LITERAL_NAMES.match(m):
+            parts.append(m)
+        else:
+            parts.extend(re.sub(r"_(\d+)(?=(_\d+)*$)", r".\1", m).split("."))
     return ".".join(parts + [leaf])
 
 
