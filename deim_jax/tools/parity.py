@@ -1,0 +1,205 @@
+"""Compare deim_jax against golden outputs of the official PyTorch model.
+
+    python -m deim_jax.tools.parity FIXTURE_DIR... [--report out.json] [--modes eval,train]
+
+Each fixture directory (format: shared/parity/README.md) names its config and
+weight seed in ``summary.json``; weights come from the ``synth_weights.py`` in
+the fixture directory's parent folder. The tool converts them with
+``deim_jax.convert``, runs the model, aligns the query order by anchor index,
+prints a table and writes ``{fixture: {tensor: {max_abs, max_rel, shape, tol, ok}}}``.
+Exit status 1 when any tensor is over its tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+# Tolerances (float32 vs the official float32 outputs; parity/README.md).
+EVAL_TOL = {"maps": 1e-4, "pred_logits": 1e-4, "pred_boxes": 1e-5, "post_scores": 1e-5, "post_boxes": 1e-2}
+
+
+def config_name_for(official: str) -> str:
+    """Official config name from summary.json -> deim_jax config name."""
+    m = re.fullmatch(r"deim_hgnetv2_([nsmlx])_coco", official)
+    if m:
+        return f"dfine_{m.group(1)}"
+    m = re.fullmatch(r"deim_r(\d+)vd(_m)?_\d+e_coco", official)
+    if m:
+        return f"rtdetrv2_r{m.group(1)}{'m' if m.group(2) else ''}"
+    raise ValueError(f"summary.json names config {official!r}, which deim_jax does not map")
+
+
+def load_synth_weights(fixture_dir: str):
+    """The fixture's state dict, from ``../synth_weights.py`` + manifest + fixed.npz, checksum-verified."""
+    parent = os.path.dirname(os.path.abspath(fixture_dir))
+    gen = os.path.join(parent, "synth_weights.py")
+    if not os.path.isfile(gen):
+        raise FileNotFoundError(f"{gen}: the weight generator must sit in the fixture directory's parent folder")
+    spec = importlib.util.spec_from_file_location("_deim_synth_weights", gen)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    summary = json.load(open(os.path.join(fixture_dir, "summary.json")))
+    sw = summary["synthetic_weights"]
+    manifest = mod.load_manifest(os.path.join(fixture_dir, "manifest.json"))
+    sd = mod.synth_state_dict(manifest, seed=int(sw["seed"]), fixed=mod.load_fixed(os.path.join(fixture_dir, "fixed.npz")))
+    digest = mod.state_dict_sha256(sd)
+    if digest != sw["sha256"]:
+        raise RuntimeError(
+            f"{fixture_dir}: synthetic weights checksum {digest} != {sw['sha256']} "
+            f"(numpy {np.__version__} vs {sw.get('numpy_version')}: random streams differ)"
+        )
+    return sd, summary
+
+
+def align(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Sort the query axis of a [B, Q, ...] array by anchor index."""
+    p = np.argsort(idx, axis=1, kind="stable")
+    return np.stack([a[b][p[b]] for b in range(a.shape[0])])
+
+
+def compare(mine, ref, tol: float, kind: str = "abs") -> Dict:
+    mine = np.asarray(mine, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if mine.shape != ref.shape:
+        return {"shape": list(ref.shape), "mine_shape": list(mine.shape), "ok": False, "tol": tol,
+                "max_abs": None, "max_rel": None}
+    diff = np.abs(mine - ref)
+    both_inf = ~np.isfinite(ref) & (mine == ref)
+    diff = np.where(both_inf, 0.0, diff)
+    max_abs = float(np.max(diff)) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(ref), 1e-12)
+    max_rel = float(np.max(rel)) if rel.size else 0.0
+    err = max_rel if kind == "rel" else max_abs
+    return {"shape": list(ref.shape), "max_abs": max_abs, "max_rel": max_rel, "tol": tol, "tol_kind": kind,
+            "ok": bool(np.isfinite(err) and err <= tol)}
+
+
+def _nhwc(x):
+    return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def run_eval(fixture_dir: str, cfg, variables) -> Dict[str, Dict]:
+    import jax
+
+    from deim_jax import models
+
+    ev = np.load(os.path.join(fixture_dir, "eval.npz"))
+    model = models.build(cfg)
+    images = _nhwc(ev["images"]).astype(np.float32)
+
+    def forward(m, x):
+        feats = m.backbone(x, train=False)
+        enc = m.encoder(feats, train=False)
+        return feats, enc, m.decoder(enc, train=False)
+
+    feats, enc, out = jax.jit(lambda v, x: model.apply(v, x, method=forward))(variables, images)
+    rep: Dict[str, Dict] = {}
+    for name, maps in (("backbone", feats), ("encoder", enc)):
+        for i, fm in enumerate(maps):
+            key = f"{name}/{i}"
+            if key in ev.files:
+                rep[key] = compare(np.asarray(fm), _nhwc(ev[key]), EVAL_TOL["maps"])
+    my_idx = np.asarray(out["enc_topk_indices"])
+    ref_idx = ev["enc_topk_indices"]
+    same_set = all(set(my_idx[b].tolist()) == set(ref_idx[b].tolist()) for b in range(ref_idx.shape[0]))
+    rep["enc_topk_set"] = {"shape": list(ref_idx.shape), "max_abs": 0.0 if same_set else None, "max_rel": None,
+                           "tol": 0, "ok": same_set}
+    if same_set:
+        for key, tol in (("pred_logits", EVAL_TOL["pred_logits"]), ("pred_boxes", EVAL_TOL["pred_boxes"])):
+            rep[key] = compare(align(np.asarray(out[key]), my_idx), align(ev[key], ref_idx), tol)
+    rep.update(_compare_postprocess(cfg, out, ev))
+    return rep
+
+
+def _compare_postprocess(cfg, out, ev) -> Dict[str, Dict]:
+    try:
+        from deim_jax.evaluate import postprocess as pp
+    except ImportError:
+        return {}
+    sizes = ev["post/orig_target_sizes"]
+    res = pp.postprocess(out["pred_logits"], out["pred_boxes"], sizes, num_top_queries=cfg.num_top_queries,
+                         remap_mscoco_category=cfg.remap_mscoco_category)
+    scores = np.asarray(res["scores"])
+    rep = {"post/scores": compare(scores, ev["post/scores"], EVAL_TOL["post_scores"])}
+    # Rows are sorted by score; where neighbouring scores are closer than the noise the order may
+    # differ, so match each reference row to a row of ours with the same label and a close score.
+    boxes = np.asarray(res["boxes"])
+    labels = np.asarray(res["labels"])
+    worst, unmatched = 0.0, 0
+    for b in range(scores.shape[0]):
+        used = np.zeros(scores.shape[1], bool)
+        for r in range(scores.shape[1]):
+            cand = np.where(~used & (labels[b] == ev["post/labels"][b, r])
+                            & (np.abs(scores[b] - ev["post/scores"][b, r]) <= 10 * EVAL_TOL["post_scores"]))[0]
+            if cand.size == 0:
+                unmatched += 1
+                continue
+            d = np.abs(boxes[b, cand] - ev["post/boxes"][b, r]).max(axis=1)
+            j = cand[np.argmin(d)]
+            used[j] = True
+            worst = max(worst, float(d.min()))
+    rep["post/boxes"] = {"shape": list(ev["post/boxes"].shape), "max_abs": worst, "max_rel": None,
+                         "tol": EVAL_TOL["post_boxes"], "unmatched_rows": unmatched,
+                         "ok": unmatched == 0 and worst <= EVAL_TOL["post_boxes"]}
+    return rep
+
+
+def check_fixture(fixture_dir: str, modes=("eval",)) -> Dict[str, Dict]:
+    from deim_jax import configs, convert
+
+    sd, summary = load_synth_weights(fixture_dir)
+    cfg = configs.get_config(config_name_for(summary["config"]))
+    variables = convert.from_torch_state_dict(sd, cfg)
+    rep: Dict[str, Dict] = {}
+    if "eval" in modes:
+        rep.update({f"eval/{k}": v for k, v in run_eval(fixture_dir, cfg, variables).items()})
+    if "train" in modes:
+        from deim_jax.tools import parity_train
+
+        rep.update({f"train/{k}": v for k, v in parity_train.run_train(fixture_dir, cfg, variables).items()})
+    return rep
+
+
+def format_table(report: Dict[str, Dict[str, Dict]]) -> str:
+    lines = [f"{'fixture':<14} {'tensor':<44} {'max_abs':>10} {'max_rel':>10} {'tol':>8}  ok"]
+    for fx, rows in report.items():
+        for name, r in rows.items():
+            def f(x):
+                return "-" if x is None else f"{x:.2e}"
+            lines.append(f"{fx:<14} {name:<44} {f(r.get('max_abs')):>10} {f(r.get('max_rel')):>10} "
+                         f"{f(r.get('tol')):>8}  {'yes' if r['ok'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Parity of deim_jax with the official PyTorch outputs.")
+    p.add_argument("fixtures", nargs="+", help="fixture directories (each with summary.json, manifest.json, ...)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--modes", default="eval", help="comma-separated: eval,train")
+    a = p.parse_args(argv)
+    modes = tuple(m.strip() for m in a.modes.split(",") if m.strip())
+    report = {}
+    for fx in a.fixtures:
+        if not os.path.isfile(os.path.join(fx, "summary.json")):
+            print(f"error: {fx} is not a fixture directory (no summary.json)", file=sys.stderr)
+            return 2
+        report[os.path.basename(os.path.normpath(fx))] = check_fixture(fx, modes)
+    print(format_table(report))
+    if a.report:
+        with open(a.report, "w") as f:
+            json.dump(report, f, indent=1)
+    ok = all(r["ok"] for rows in report.values() for r in rows.values())
+    print("parity: PASS" if ok else "parity: FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
