@@ -1,0 +1,48 @@
+"""Config resolution by name, path and override; the official values that other code relies on."""
+
+import subprocess
+import sys
+
+import pytest
+
+from deim_jax import configs
+
+
+def test_every_available_name_resolves():
+    names = configs.available()
+    for size in "nsmlx":
+        assert f"dfine_{size}" in names and f"dfine_{size}_baseline" in names
+    for name in names:
+        cfg = configs.get_config(name)
+        assert cfg.num_classes == 80
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ValueError, match="dfine_l_baseline"):
+        configs.get_config("dfine_q")
+
+
+def test_deim_and_baseline_recipes_differ_where_official_ones_do():
+    deim, base = configs.get_config("dfine_l"), configs.get_config("dfine_l_baseline")
+    assert deim.model.decoder.activation == deim.model.decoder.mlp_act == "silu"
+    assert base.model.decoder.activation == base.model.decoder.mlp_act == "relu"
+    assert deim.loss.losses[0] == "mal" and base.loss.losses[0] == "vfl"
+    assert (deim.model.backbone.freeze_norm, base.model.backbone.freeze_norm) == (False, True)
+    assert deim.data.mosaic_prob == 0.5 and base.data.mosaic_prob == 0.0
+    assert deim.epochs == 58 and base.epochs == 80
+
+
+def test_path_form_and_multiscale_list():
+    cfg = configs.get_config(configs.CONFIG_DIR + "/dfine.py:s")
+    assert cfg.name == "dfine_s"
+    # deim_dfine.md §8.5: [480..608] + [640]*repeat + [800..672]; L: 14 entries, 640 with prob 4/14.
+    sizes = configs.get_config("dfine_l").data.multiscale_sizes
+    assert len(sizes) == 14 and sizes.count(640) == 4
+    assert configs.get_config("dfine_n").data.multiscale_sizes == (640,)
+
+
+def test_cli_rejects_unknown_config_with_clear_message():
+    r = subprocess.run([sys.executable, "-m", "deim_jax.main", "--config=nope"], capture_output=True, text=True,
+                       cwd=configs.REPO_ROOT)
+    assert r.returncode != 0
+    assert "unknown config 'nope'" in r.stderr and "dfine_n" in r.stderr
