@@ -1,0 +1,309 @@
+"""Tests for deim_jax.losses.matcher against scipy.optimize.linear_sum_assignment."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from deim_jax.losses import matcher
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("device", "scipy")
+
+_assign_jit = {m: jax.jit(lambda c, k, m=m: matcher.assign(c, k, method=m)) for m in METHODS}
+
+
+def _scipy_opt(cost, mask):
+    """Optimal total cost (float64) per problem of cost [N, Q, M], mask [N, M]; + index arrays."""
+    tot, idx = [], []
+    for c, m in zip(cost, mask):
+        cols = np.nonzero(m)[0]
+        out = np.full(c.shape[0], -1)
+        if cols.size:
+            r, k = linear_sum_assignment(c[:, cols].astype(np.float64))
+            out[r] = cols[k]
+            tot.append(c[:, cols][r, k].astype(np.float64).sum())
+        else:
+            tot.append(0.0)
+        idx.append(out)
+    return np.array(tot), np.array(idx)
+
+
+def _check(cost, mask, idx, rtol=2e-6):
+    """Assignment is valid and its total cost equals scipy's optimum. Returns scipy indices."""
+    cost = np.asarray(cost)
+    mask = np.asarray(mask)
+    idx = np.asarray(idx)
+    N, Q, M = cost.shape
+    assert idx.shape == (N, Q) and idx.dtype == np.int32
+    ref_tot, ref_idx = _scipy_opt(cost, mask)
+    got = np.zeros(N)
+    for b in range(N):
+        sel = idx[b] >= 0
+        js = idx[b][sel]
+        assert np.all(js < M) and np.all(mask[b][js]), "matched a padded target"
+        assert len(np.unique(js)) == len(js), "target matched twice"
+        assert sel.sum() == min(Q, mask[b].sum()), "not a maximum matching"
+        got[b] = cost[b][np.nonzero(sel)[0], js].astype(np.float64).sum()
+    # float32 solver vs float64 optimum of the same float32 matrix: rounding-level slack.
+    scale = np.abs(np.where(mask[:, None, :], cost, 0)).max(axis=(1, 2)) * np.minimum(Q, mask.sum(1)) + 1e-30
+    np.testing.assert_array_less(ref_tot - got, rtol * scale + 1e-300)  # never better than optimal
+    assert np.all(np.abs(got - ref_tot) <= rtol * scale), np.max(np.abs(got - ref_tot) / scale)
+    return ref_idx
+
+
+def _random_mask(rng, n, m, p_full=0.2, p_empty=0.1):
+    counts = rng.integers(0, m + 1, size=n)
+    counts[rng.random(n) < p_full] = m
+    counts[rng.random(n) < p_empty] = 0
+    mask = np.zeros((n, m), bool)
+    for b, k in enumerate(counts):
+        mask[b, rng.permutation(m)[:k]] = True  # valid targets not necessarily a prefix
+    return mask
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (8, 8), (30, 20), (3, 1), (1, 4)])
+def test_random_uniform_matches_scipy(method, shape):
+    rng = np.random.default_rng(hash(shape) % 2**32)
+    Q, M = shape
+    n = 400
+    cost = rng.random((n, Q, M)).astype(np.float32)
+    mask = _random_mask(rng, n, M)
+    idx = _assign_jit[method](cost, mask)
+    ref_idx = _check(cost, mask, idx)
+    # continuous random costs: the optimum is unique, so indices must agree exactly
+    np.testing.assert_array_equal(np.asarray(idx), ref_idx)
+
+
+def _detr_like(rng, n, Q, M, C=7):
+    logits = rng.normal(size=(n, Q, C)).astype(np.float32) * 2
+    pb = np.concatenate([rng.random((n, Q, 2)), 0.02 + 0.5 * rng.random((n, Q, 2))], -1).astype(np.float32)
+    labels = rng.integers(0, C, size=(n, M))
+    tb = np.concatenate([rng.random((n, M, 2)), 0.02 + 0.5 * rng.random((n, M, 2))], -1).astype(np.float32)
+    return logits, pb, labels, tb
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_detr_like_costs(method):
+    rng = np.random.default_rng(1)
+    n, Q, M = 600, 40, 24
+    logits, pb, labels, tb = _detr_like(rng, n, Q, M)
+    cost = np.asarray(jax.jit(matcher.match_cost)(logits, pb, labels, tb))
+    mask = _random_mask(rng, n, M)
+    _check(cost, mask, _assign_jit[method](cost, mask))
+    # more targets than queries (Dense O2O mosaic+mixup can exceed the query count)
+    cost_w = cost[:200, :10]
+    mask_w = _random_mask(rng, 200, M, p_full=0.5)
+    _check(cost_w, mask_w, _assign_jit[method](cost_w, mask_w))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_one_and_max_targets(method):
+    rng = np.random.default_rng(2)
+    Q, M = 20, 9
+    cost = rng.random((3, Q, M)).astype(np.float32)
+    mask = np.zeros((3, M), bool)
+    mask[1, 4] = True
+    mask[2] = True
+    idx = np.asarray(_assign_jit[method](cost, mask))
+    assert np.all(idx[0] == -1)
+    assert (idx[1] >= 0).sum() == 1 and idx[1, np.argmin(cost[1, :, 4])] == 4
+    _check(cost, mask, idx)
+    # square, all valid
+    cost_sq = rng.random((50, M, M)).astype(np.float32)
+    _check(cost_sq, np.ones((50, M), bool), _assign_jit[method](cost_sq, np.ones((50, M), bool)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ties_integer_and_constant(method):
+    rng = np.random.default_rng(3)
+    for Q, M in [(10, 6), (6, 10), (7, 7)]:
+        cost = rng.integers(0, 3, size=(300, Q, M)).astype(np.float32)
+        mask = _random_mask(rng, 300, M)
+        _check(cost, mask, _assign_jit[method](cost, mask))
+        const = np.full((20, Q, M), 3.0, np.float32)
+        cmask = _random_mask(rng, 20, M)
+        _check(const, cmask, _assign_jit[method](const, cmask))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_huge_and_tiny_magnitudes(method):
+    rng = np.random.default_rng(4)
+    Q, M = 15, 10
+    mask = _random_mask(rng, 300, M)
+    huge = (10.0 ** rng.uniform(6, 9, size=(300, Q, M))).astype(np.float32)
+    _check(huge, mask, _assign_jit[method](huge, mask))
+    tiny = (1e-9 * rng.random((300, Q, M))).astype(np.float32)
+    ref_idx = _check(tiny, mask, _assign_jit[method](tiny, mask))
+    np.testing.assert_array_equal(np.asarray(_assign_jit[method](tiny, mask)), ref_idx)
+    offset = (1e4 + rng.random((300, Q, M))).astype(np.float32)  # large common offset
+    _check(offset, mask, _assign_jit[method](offset, mask), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_costs_are_sanitized(method):
+    rng = np.random.default_rng(5)
+    Q, M, n = 12, 8, 300
+    cost = rng.random((n, Q, M)).astype(np.float32)
+    r = rng.random((n, Q, M))
+    cost[r < 0.1] = np.nan
+    cost[(r >= 0.1) & (r < 0.2)] = np.inf
+    cost[(r >= 0.2) & (r < 0.25)] = -np.inf
+    cost[0, :, :] = np.nan          # whole matrix NaN
+    cost[1, 3, :] = np.inf          # whole row inf
+    cost[2, :, 5] = -np.inf         # whole column -inf
+    mask = _random_mask(rng, n, M)
+    idx = _assign_jit[method](cost, mask)
+    clean = np.asarray(matcher.sanitize_cost(cost))
+    assert np.all(np.isfinite(clean))
+    np.testing.assert_array_equal(clean[np.isnan(cost)], 1.0)
+    np.testing.assert_array_equal(clean[np.isposinf(cost)], matcher.COST_BOUND)
+    _check(clean, mask, idx)
+
+
+def test_device_and_scipy_agree_and_batched_axes():
+    rng = np.random.default_rng(6)
+    K, B, Q, M = 4, 6, 25, 12
+    cost = rng.random((K, B, Q, M)).astype(np.float32)
+    mask = _random_mask(rng, B, M)
+    # mask [B, M] broadcasts against cost [K, B, Q, M]
+    a = np.asarray(jax.jit(lambda c, m: matcher.assign(c, m, method="device"))(cost, mask))
+    s = np.asarray(jax.jit(lambda c, m: matcher.assign(c, m, method="scipy"))(cost, mask))
+    assert a.shape == (K, B, Q)
+    np.testing.assert_array_equal(a, s)
+    # jax.vmap over an extra leading axis gives the same as the batched call
+    for method in METHODS:
+        v = jax.jit(jax.vmap(lambda c, m=method: matcher.assign(c, jnp.asarray(mask), method=m)))(cost)
+        np.testing.assert_array_equal(np.asarray(v), a)
+    tot = np.asarray(matcher.matched_cost(cost, a))
+    ref, _ = _scipy_opt(cost.reshape(-1, Q, M), np.broadcast_to(mask, (K, B, M)).reshape(-1, M))
+    np.testing.assert_allclose(tot.reshape(-1), ref, rtol=1e-5)
+    assert matcher.assign(cost, mask, method="auto").shape == (K, B, Q)
+    with pytest.raises(ValueError):
+        matcher.assign(cost, mask, method="greedy")
+
+
+def test_no_gradient_through_matcher():
+    rng = np.random.default_rng(7)
+    cost = jnp.asarray(rng.random((2, 6, 4)).astype(np.float32))
+    mask = jnp.ones((2, 4), bool)
+
+    def loss(c):
+        idx = matcher.assign(c, mask, method="device")
+        return matcher.matched_cost(c, idx).sum()
+
+    g = np.asarray(jax.grad(loss)(cost))
+    idx = np.asarray(matcher.assign(cost, mask, method="device"))
+    expect = np.zeros(cost.shape, np.float32)
+    for b in range(2):
+        for q in range(6):
+            if idx[b, q] >= 0:
+                expect[b, q, idx[b, q]] = 1.0
+    np.testing.assert_array_equal(g, expect)
+
+
+def _np_match_cost(logits, pb, labels, tb, alpha=0.25, gamma=2.0):
+    """Direct numpy transcription of reference §7 for one image, in float32 like the
+    official (PyTorch float32) code: -log(1 - p + 1e-8) near p = 1 depends on it."""
+    f = np.float32
+    p = (f(1) / (f(1) + np.exp(-logits.astype(f)))).astype(f)
+    pg = p[:, labels]
+    neg = f(1 - alpha) * pg ** f(gamma) * (-np.log(f(1) - pg + f(1e-8)))
+    pos = f(alpha) * (f(1) - pg) ** f(gamma) * (-np.log(pg + f(1e-8)))
+    c_class = (pos - neg).astype(np.float64)
+    c_bbox = np.abs(pb[:, None, :].astype(np.float64) - tb[None, :, :]).sum(-1)
+
+    def xyxy(b):
+        b = b.astype(np.float64)
+        w, h = np.maximum(b[:, 2], 0), np.maximum(b[:, 3], 0)
+        return np.stack([b[:, 0] - w / 2, b[:, 1] - h / 2, b[:, 0] + w / 2, b[:, 1] + h / 2], -1)
+
+    a, b = xyxy(pb), xyxy(tb)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None] - inter
+    iou = inter / union
+    lt = np.minimum(a[:, None, :2], b[None, :, :2])
+    rb = np.maximum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    hull = wh[..., 0] * wh[..., 1]
+    giou = iou - (hull - union) / hull
+    return 5 * c_bbox + 2 * c_class + 2 * (-giou)
+
+
+def test_match_cost_matches_numpy_reference():
+    rng = np.random.default_rng(8)
+    n, Q, M = 4, 30, 11
+    logits, pb, labels, tb = _detr_like(rng, n, Q, M, C=80)
+    logits[0, :3] = [40.0] * 80  # saturated probabilities exercise the 1e-8 eps
+    got = np.asarray(matcher.match_cost(logits, pb, labels, tb))
+    assert got.shape == (n, Q, M)
+    for b in range(n):
+        np.testing.assert_allclose(got[b], _np_match_cost(logits[b], pb[b], labels[b], tb[b]),
+                                   rtol=1e-5, atol=1e-5)
+    # degenerate (zero-size) boxes give NaN GIoU in the reference -> 1.0 after sanitizing
+    tb0 = tb.copy()
+    tb0[:, 0, 2:] = 0.0
+    pb0 = pb.copy()
+    pb0[:, 0, :] = tb0[:, 0, :]
+    c0 = np.asarray(matcher.match_cost(logits, pb0, labels, tb0))
+    assert np.all(np.isfinite(c0)) and np.all(c0[:, 0, 0] == 1.0)
+    # custom weights are honoured
+    w = np.asarray(matcher.match_cost(logits, pb, labels, tb, weights=(1.0, 0.0, 0.0)))
+    p = 1 / (1 + np.exp(-logits[1].astype(np.float64)))[:, labels[1]]
+    ref = 0.25 * (1 - p) ** 2 * -np.log(p + 1e-8) - 0.75 * p ** 2 * -np.log(1 - p + 1e-8)
+    np.testing.assert_allclose(w[1], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_assign_solves_per_device():
+    """With 4 forced host devices, each scipy callback sees only its local shard."""
+    code = textwrap.dedent("""
+        import os
+        os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from deim_jax.losses import matcher
+        seen = []
+        orig = matcher._scipy_host
+        def spy(c, m):
+            seen.append(np.shape(c)); return orig(c, m)
+        matcher._scipy_host = spy
+        assert jax.device_count() == 4
+        mesh = Mesh(np.array(jax.devices()), ('data',))
+        rng = np.random.default_rng(0)
+        cost = rng.random((8, 30, 6)).astype(np.float32)
+        mask = rng.random((8, 6)) < 0.7
+        ref = np.asarray(matcher.assign(cost, mask, method='device'))
+        c = jax.device_put(cost, NamedSharding(mesh, P('data')))
+        m = jax.device_put(mask, NamedSharding(mesh, P('data')))
+        for method in ('scipy', 'device'):
+            f = jax.jit(lambda c, m: matcher.assign_sharded(c, m, mesh, 'data', method=method))
+            out = f(c, m)
+            np.testing.assert_array_equal(np.asarray(out), ref)
+            assert out.sharding.spec[0] == 'data'
+        assert seen and all(s == (2, 30, 6) for s in seen), seen
+        # extra leading axis K, batch on axis 1
+        cost2 = np.stack([cost, cost[::-1]])
+        mask2 = np.stack([mask, mask[::-1]])
+        out2 = jax.jit(lambda c, m: matcher.assign_sharded(c, m, mesh, method='scipy',
+                                                          batch_axis=1))(cost2, mask2)
+        np.testing.assert_array_equal(np.asarray(out2)[0], ref)
+        np.testing.assert_array_equal(np.asarray(out2)[1], ref[::-1])
+        print('OK')
+    """)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
