@@ -1,0 +1,103 @@
+"""Benchmark: on-device exact matcher vs the scipy host callback, DEIM workload.
+
+One train step's matching = cost [outputs=8, batch=8, queries=300, max_boxes] with
+10 / 50 / 200 real targets per image (the rest padding), DETR-like costs from
+``match_cost`` on random predictions.  Both methods are jitted; inputs live on the
+default device; each timing is the median over repeats (the two methods are
+interleaved so that load from other processes hits both alike).
+
+    python benchmarks/matcher.py [--repeats 15] [--max-boxes 300] [--out benchmarks/results/matcher_cpu.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deim_jax.losses import matcher  # noqa: E402
+
+
+def _cpu_info() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = [l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")]
+        return f"{name[0] if name else platform.processor()}, {os.cpu_count()} visible cores"
+    except Exception:  # pragma: no cover
+        return f"{platform.processor()}, {os.cpu_count()} visible cores"
+
+
+def make_problem(rng, outputs, batch, queries, max_boxes, n_targets, num_classes=80):
+    logits = rng.normal(size=(outputs, batch, queries, num_classes)).astype(np.float32) * 2 - 3
+    pb = np.concatenate([rng.random((outputs, batch, queries, 2)),
+                         0.02 + 0.4 * rng.random((outputs, batch, queries, 2))], -1)
+    labels = rng.integers(0, num_classes, size=(batch, max_boxes))
+    tb = np.concatenate([rng.random((batch, max_boxes, 2)),
+                         0.02 + 0.4 * rng.random((batch, max_boxes, 2))], -1)
+    cost = matcher.match_cost(logits, pb.astype(np.float32), labels[None], tb[None].astype(np.float32))
+    mask = np.broadcast_to(np.arange(max_boxes) < n_targets, (outputs, batch, max_boxes))
+    return jax.device_put(cost), jax.device_put(jnp.asarray(mask))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--outputs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--max-boxes", type=int, default=300)
+    ap.add_argument("--targets", type=int, nargs="+", default=[10, 50, 200])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "results", "matcher_cpu.md"))
+    args = ap.parse_args(argv)
+
+    fns = {m: jax.jit(lambda c, k, m=m: matcher.assign(c, k, method=m)) for m in ("device", "scipy")}
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in args.targets:
+        cost, mask = make_problem(rng, args.outputs, args.batch, args.queries, args.max_boxes, n)
+        outs = {m: f(cost, mask).block_until_ready() for m, f in fns.items()}  # compile + warm up
+        tot = {m: np.asarray(matcher.matched_cost(cost, o)).sum() for m, o in outs.items()}
+        assert abs(tot["device"] - tot["scipy"]) <= 1e-5 * abs(tot["scipy"]) + 1e-3, tot
+        times = {m: [] for m in fns}
+        for _ in range(args.repeats):
+            for m, f in fns.items():
+                t0 = time.perf_counter()
+                f(cost, mask).block_until_ready()
+                times[m].append(time.perf_counter() - t0)
+        med = {m: 1e3 * float(np.median(t)) for m, t in times.items()}
+        rows.append((n, med["device"], med["scipy"], med["device"] / med["scipy"]))
+        print(f"targets={n}: device {med['device']:.2f} ms, scipy {med['scipy']:.2f} ms", flush=True)
+
+    shape = f"{args.outputs} outputs x batch {args.batch} x {args.queries} queries x max_boxes {args.max_boxes}"
+    lines = [
+        f"Matcher time per train step ({shape}), jitted, median of {args.repeats} repeats.",
+        "",
+        "| targets/image | device solver (ms) | scipy callback (ms) | device / scipy |",
+        "|---:|---:|---:|---:|",
+    ] + [f"| {n} | {d:.2f} | {s:.2f} | {r:.2f}x |" for n, d, s, r in rows]
+    table = "\n".join(lines)
+    print(table)
+    header = (f"# Matcher benchmark ({jax.default_backend()} backend)\n\n"
+              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+              f"- machine: {_cpu_info()}; jax {jax.__version__}; devices {jax.devices()}\n"
+              f"- command: `python benchmarks/matcher.py` (default method on this backend: "
+              f"`{matcher._resolve('auto')}`)\n\n")
+    if args.out:
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(header + table + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
