@@ -174,12 +174,8 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         path = jnp.where(upd, i, s["path"])
         sr = s["sr"] | (searching & (rows == i))
         cand = jnp.where(s["sc"], inf, shortest)
-        lowest = jnp.min(cand)
-        # Among equally short columns prefer a free one (ends the search sooner).
-        free_tie = (cand == lowest) & (s["row4col"] < 0)
-        j_any = jnp.argmin(cand).astype(jnp.int32)
-        j_free = jnp.argmax(free_tie).astype(jnp.int32)
-        jsel = jnp.where(jnp.any(free_tie), j_free, j_any)
+        jsel = jnp.argmin(cand).astype(jnp.int32)
+        lowest = cand[jsel]
         stuck = searching & ~jnp.isfinite(lowest)  # cannot happen when rows <= valid cols
         sc = s["sc"] | (searching & (cols == jsel))
         sink = searching & (s["row4col"][jsel] < 0) & ~stuck
