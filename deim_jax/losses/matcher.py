@@ -118,21 +118,26 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
     """Assign each valid row to a distinct valid column with minimum total cost.
 
     The problem matrix is ``cost.T`` [M, Q] when ``transposed`` (rows = targets, read
-    as strided columns of ``cost`` [Q, M], no transpose is materialized) else ``cost``
+    as strided columns of ``cost`` [Q, M]; no transpose is materialized) else ``cost``
     itself (rows = queries).  Requires (valid rows) <= (valid columns); ``n_rows`` is
-    the number of valid rows (traced; 0 makes this a no-op).  Returns col4row [R] int32
-    (-1 for invalid rows).  Shortest augmenting path with dual potentials u, v; the
-    whole run is one while_loop state machine with phases 0 = Dijkstra search step,
-    1 = flip one edge of the augmenting path, 2 = done.
+    the number of valid rows (traced; 0 makes this a no-op).  Returns row4col [N] int32:
+    the row assigned to each column, or -1.
+
+    Shortest augmenting path (Jonker-Volgenant / Crouse) with column potentials v.
+    Row potentials are not stored: a row reached through its matched column jin has
+    u = c[i, jin] - v[jin] (complementary slackness, kept by every potential update),
+    and a root row has never been matched, so u = 0.  The whole solve is ONE
+    while_loop state machine, one O(N) step per iteration: phase 0 = Dijkstra step,
+    phase 1 = flip one column of the augmenting path (back-pointers path/pathcol),
+    phase 2 = done.  Under vmap the loop runs until the slowest problem is done.
     """
     R, N = cost.shape[::-1] if transposed else cost.shape
     inf = jnp.float32(jnp.inf)
     order = jnp.argsort(~row_valid, stable=True).astype(jnp.int32)  # valid rows first
     cols = jnp.arange(N, dtype=jnp.int32)
-    rows = jnp.arange(R, dtype=jnp.int32)
     first = order[0]
-    # Upper bound on iterations: each search step adds a column to SC (<= N per row),
-    # each flip step assigns a column (<= N per row).  Only a guard; never reached.
+    # Guard only (never reached): each search step adds a column to SC (<= N per row),
+    # each flip step re-assigns a column (<= N per row).
     max_iter = (2 * N + 2) * jnp.maximum(n_rows, 1)
 
     def get_row(i):
@@ -144,17 +149,15 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         it=jnp.int32(0),
         phase=jnp.where(n_rows > 0, 0, 2).astype(jnp.int32),
         k=jnp.int32(0),            # index into `order` of the root row
-        cur=first,                 # root row of the current augmentation
         i=first,                   # row being scanned
+        jin=jnp.int32(-1),         # column through which row i was reached (-1: root)
         j=jnp.int32(0),            # column during path flipping
         min_val=jnp.float32(0.0),
-        u=jnp.zeros((R,), jnp.float32),
         v=jnp.zeros((N,), jnp.float32),
         shortest=jnp.full((N,), inf),
-        path=jnp.full((N,), -1, jnp.int32),
-        sr=jnp.zeros((R,), bool),
+        path=jnp.zeros((N,), jnp.int32),      # row that last relaxed column j
+        pathcol=jnp.zeros((N,), jnp.int32),   # ... and the column that row was reached by
         sc=jnp.zeros((N,), bool),
-        col4row=jnp.full((R,), -1, jnp.int32),
         row4col=jnp.full((N,), -1, jnp.int32),
     )
 
@@ -164,79 +167,71 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
     def body(s):
         searching = s["phase"] == 0
         flipping = s["phase"] == 1
-        # ---- Dijkstra step from row i -------------------------------------------------
-        i = s["i"]
-        r = s["min_val"] + get_row(i) - s["u"][i] - s["v"]
+        # ---- Dijkstra step from row i (reduced costs c - u - v >= 0) ----------------
+        i, jin, v = s["i"], s["jin"], s["v"]
+        row = get_row(i)
+        jc = jnp.maximum(jin, 0)
+        u_i = jnp.where(jin < 0, 0.0, row[jc] - v[jc])
+        r = s["min_val"] + row - u_i - v
         upd = searching & (~s["sc"]) & (r < s["shortest"])
         if col_valid is not None:
             upd = upd & col_valid
         shortest = jnp.where(upd, r, s["shortest"])
         path = jnp.where(upd, i, s["path"])
-        sr = s["sr"] | (searching & (rows == i))
+        pathcol = jnp.where(upd, jin, s["pathcol"])
         cand = jnp.where(s["sc"], inf, shortest)
         jsel = jnp.argmin(cand).astype(jnp.int32)
         lowest = cand[jsel]
         stuck = searching & ~jnp.isfinite(lowest)  # cannot happen when rows <= valid cols
         sc = s["sc"] | (searching & (cols == jsel))
-        sink = searching & (s["row4col"][jsel] < 0) & ~stuck
-        # Potentials update when a free column (sink) is reached.
-        mv = lowest
-        c4r = s["col4row"]
-        du = jnp.where(sr & (rows != s["cur"]), mv - shortest[jnp.maximum(c4r, 0)], 0.0)
-        du = jnp.where(rows == s["cur"], mv, du)
-        u_new = jnp.where(sink, s["u"] + du, s["u"])
-        v_new = jnp.where(sink, s["v"] - jnp.where(sc, mv - shortest, 0.0), s["v"])
+        owner = s["row4col"][jsel]
+        sink = searching & (owner < 0) & ~stuck
+        v = jnp.where(sink & sc, v - (lowest - shortest), v)
         # ---- one flip of the augmenting path --------------------------------------
         fj = s["j"]
         fi = s["path"][fj]
-        old = s["col4row"][fi]
-        row4col_f = s["row4col"].at[fj].set(fi)
-        col4row_f = s["col4row"].at[fi].set(fj)
-        root_done = flipping & (fi == s["cur"])
+        fnext = s["pathcol"][fj]
+        row4col = jnp.where(flipping & (cols == fj), fi, s["row4col"])
+        root_done = flipping & (fnext < 0)
         k_next = s["k"] + 1
         all_done = root_done & (k_next >= n_rows)
         nxt = order[jnp.minimum(k_next, R - 1)]
 
-        out = dict(s)
-        out["it"] = s["it"] + 1
-        out["shortest"] = jnp.where(root_done, inf, shortest)
-        out["path"] = path
-        out["sr"] = jnp.where(root_done, False, sr)
-        out["sc"] = jnp.where(root_done, False, sc)
-        out["u"] = u_new
-        out["v"] = v_new
-        out["min_val"] = jnp.where(root_done, 0.0, jnp.where(searching, lowest, s["min_val"]))
-        out["i"] = jnp.where(searching & ~sink, s["row4col"][jsel],
-                             jnp.where(root_done, nxt, s["i"]))
-        out["j"] = jnp.where(sink, jsel, jnp.where(flipping, old, s["j"]))
-        out["row4col"] = jnp.where(flipping, row4col_f, s["row4col"])
-        out["col4row"] = jnp.where(flipping, col4row_f, s["col4row"])
-        out["k"] = jnp.where(root_done, k_next, s["k"])
-        out["cur"] = jnp.where(root_done, nxt, s["cur"])
-        phase = jnp.where(sink, 1, s["phase"])
-        phase = jnp.where(root_done, jnp.where(all_done, 2, 0), phase)
-        phase = jnp.where(stuck, 2, phase)
-        out["phase"] = phase.astype(jnp.int32)
-        return out
+        go_on = searching & ~sink
+        return dict(
+            it=s["it"] + 1,
+            phase=jnp.where(stuck | all_done, 2,
+                            jnp.where(sink, 1, jnp.where(root_done, 0, s["phase"]))).astype(jnp.int32),
+            k=jnp.where(root_done, k_next, s["k"]),
+            i=jnp.where(go_on, owner, jnp.where(root_done, nxt, i)),
+            jin=jnp.where(go_on, jsel, jnp.where(root_done, -1, jin)),
+            j=jnp.where(sink, jsel, jnp.where(flipping, fnext, fj)),
+            min_val=jnp.where(root_done, 0.0, jnp.where(searching, lowest, s["min_val"])),
+            v=v,
+            shortest=jnp.where(root_done, inf, shortest),
+            path=path,
+            pathcol=pathcol,
+            sc=sc & ~root_done,
+            row4col=row4col,
+        )
 
-    s = jax.lax.while_loop(cond, body, state)
-    return jnp.where(row_valid, s["col4row"], -1)
+    return jax.lax.while_loop(cond, body, state)["row4col"]
 
 
 def _assign_narrow(cost, mask):
     """cost [Q, M], mask [M], M_valid <= Q: rows = valid targets, cols = queries -> [Q]."""
-    Q, M = cost.shape
+    Q, _ = cost.shape
     n_valid = jnp.sum(mask).astype(jnp.int32)
-    t2q = _lsap_rows(cost, True, mask, None, jnp.where(n_valid > Q, 0, n_valid))
-    q_idx = jnp.full((Q,), -1, jnp.int32)
-    return q_idx.at[jnp.where(t2q >= 0, t2q, Q)].set(jnp.arange(M, dtype=jnp.int32), mode="drop")
+    return _lsap_rows(cost, True, mask, None, jnp.where(n_valid > Q, 0, n_valid))
 
 
 def _assign_wide(cost, mask):
     """cost [Q, M], mask [M], M_valid > Q: rows = queries (all assigned), cols = valid targets."""
-    Q, _ = cost.shape
+    Q, M = cost.shape
     n_valid = jnp.sum(mask).astype(jnp.int32)
-    return _lsap_rows(cost, False, jnp.ones((Q,), bool), mask, jnp.where(n_valid > Q, Q, 0))
+    t2q = _lsap_rows(cost, False, jnp.ones((Q,), bool), mask, jnp.where(n_valid > Q, Q, 0))
+    out = jnp.full((Q,), -1, jnp.int32)
+    return out.at[jnp.where(t2q >= 0, t2q, Q)].set(jnp.arange(M, dtype=jnp.int32), mode="drop")
 
 
 def _assign_device(cost, mask):
