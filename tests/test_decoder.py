@@ -335,3 +335,74 @@ def test_train_gradients_finite_with_invalid_slots():
     np.testing.assert_array_equal(g["up"], 0)
     np.testing.assert_array_equal(g["reg_scale"], 0)
     np.testing.assert_array_equal(g["denoising_class_embed"]["embedding"][5], 0)  # padding row
+
+
+# ---------------------------------------------------------------- train-mode parity through the full model
+
+_KEYS6 = ("pred_logits", "pred_boxes", "pred_corners", "ref_points", "teacher_corners", "teacher_logits")
+# parity/README.md train tolerances for n: logits / corners atol 3e-2, boxes 1e-3
+_TRAIN_TOL = {"pred_logits": 3e-2, "teacher_logits": 3e-2, "pred_corners": 3e-2, "teacher_corners": 3e-2,
+              "pred_boxes": 1e-3, "ref_points": 1e-3}
+
+
+def test_train_parity_n_full_model():
+    """Train-mode outputs of the whole n model (backbone + encoder in train mode) vs train.npz,
+    variant (a) without denoising and (b) fed the fixture's denoising group."""
+    for mod in ("deim_jax.models.hgnetv2", "deim_jax.models.hybrid_encoder"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} not available yet")
+    from deim_jax import configs, models
+
+    d = pu.fixture_dir("n")
+    ev, t = np.load(d + "/eval.npz"), np.load(d + "/train.npz")
+    cfg = configs.get_config("dfine_n")
+    variables = convert.from_torch_state_dict(pu.synth_state_dict("n"), cfg)
+    model = models.build(cfg)
+    images = jnp.asarray(np.transpose(ev["images"], (0, 2, 3, 1)))
+    n_dn = t["dn/dn_group/input_query_class"].shape[1]
+    group = {
+        "query_class": jnp.asarray(t["dn/dn_group/input_query_class"]),
+        "query_bbox_unact": jnp.asarray(t["dn/dn_group/input_query_bbox_unact"]),
+        "attn_mask": jnp.asarray(t["dn/dn_group/attn_mask"]),
+        "num_group": jnp.int32(t["dn/dn_group/dn_meta/dn_num_group"]),
+        "max_gt": jnp.int32(3),
+        "valid": jnp.ones((n_dn,), bool),
+    }
+    fwd = jax.jit(lambda v, x, g: model.apply(v, x, train=True, dn_group=g, mutable=["batch_stats"])[0])
+
+    def check(name, mine, ref, tol, idx=None):
+        mine = np.asarray(mine)
+        if idx is not None:
+            mine, ref = align(mine, idx[0]), align(ref, idx[1])
+        assert mine.shape == ref.shape, name
+        err = float(np.abs(mine - ref).max())
+        assert err <= tol, f"{name}: max abs diff {err} > {tol}"
+
+    for var, grp in (("nodn", None), ("dn", group)):
+        out = fwd(variables, images, grp)
+        mi, ri = np.asarray(out["enc_topk_indices"]), t[f"{var}/enc_topk_indices"]
+        for b in range(2):
+            assert set(mi[b].tolist()) == set(ri[b].tolist()), f"{var}: top-k sets differ"
+        idx = (mi, ri)
+        for k in ("pred_logits", "pred_boxes", "pred_corners", "ref_points"):
+            check(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], _TRAIN_TOL[k], idx)
+        for i in range(2):
+            for k in _KEYS6:
+                check(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"],
+                      _TRAIN_TOL[k], idx)
+        for k in ("pred_logits", "pred_boxes"):
+            check(f"{var}/pre/{k}", out["pre_outputs"][k], t[f"{var}/out/pre_outputs/{k}"], _TRAIN_TOL[k], idx)
+            check(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"],
+                  _TRAIN_TOL[k], idx)
+        np.testing.assert_array_equal(np.asarray(out["up"]), t[f"{var}/out/up"])
+        np.testing.assert_array_equal(np.asarray(out["reg_scale"]), t[f"{var}/out/reg_scale"])
+        if grp is None:
+            assert "dn_outputs" not in out
+            continue
+        assert len(out["dn_outputs"]) == 3
+        for i in range(3):  # denoising queries have a fixed order
+            for k in _KEYS6:
+                check(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], _TRAIN_TOL[k])
+        for k in ("pred_logits", "pred_boxes"):
+            check(f"dn/dn_pre/{k}", out["dn_pre_outputs"][k], t[f"dn/out/dn_pre_outputs/{k}"], _TRAIN_TOL[k])
+        assert int(out["dn_meta"]["num_group"]) == 33
