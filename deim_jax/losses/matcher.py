@@ -127,18 +127,19 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
     Row potentials are not stored: a row reached through its matched column jin has
     u = c[i, jin] - v[jin] (complementary slackness, kept by every potential update),
     and a root row has never been matched, so u = 0.  The whole solve is ONE
-    while_loop state machine, one O(N) step per iteration: phase 0 = Dijkstra step,
-    phase 1 = flip one column of the augmenting path (back-pointers path/pathcol),
-    phase 2 = done.  Under vmap the loop runs until the slowest problem is done.
+    while_loop (phase 0 = searching, 2 = done) whose iterations are Dijkstra steps
+    over all rows of all problems: when a step reaches a free column, a small inner
+    loop flips the augmenting path (back-pointers path/pathcol) and the next row starts
+    in the following iteration.  Under vmap the loop runs until the slowest problem is
+    done; finished problems are masked.
     """
     R, N = cost.shape[::-1] if transposed else cost.shape
     inf = jnp.float32(jnp.inf)
     order = jnp.argsort(~row_valid, stable=True).astype(jnp.int32)  # valid rows first
     cols = jnp.arange(N, dtype=jnp.int32)
     first = order[0]
-    # Guard only (never reached): each search step adds a column to SC (<= N per row),
-    # each flip step re-assigns a column (<= N per row).
-    max_iter = (2 * N + 2) * jnp.maximum(n_rows, 1)
+    # Guard only (never reached): each search step adds a column to SC (<= N per row).
+    max_iter = (N + 1) * jnp.maximum(n_rows, 1)
 
     def get_row(i):
         if transposed:
@@ -151,7 +152,6 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         k=jnp.int32(0),            # index into `order` of the root row
         i=first,                   # row being scanned
         jin=jnp.int32(-1),         # column through which row i was reached (-1: root)
-        j=jnp.int32(0),            # column during path flipping
         min_val=jnp.float32(0.0),
         v=jnp.zeros((N,), jnp.float32),
         shortest=jnp.full((N,), inf),
@@ -166,7 +166,6 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
 
     def body(s):
         searching = s["phase"] == 0
-        flipping = s["phase"] == 1
         # ---- Dijkstra step from row i (reduced costs c - u - v >= 0) ----------------
         i, jin, v = s["i"], s["jin"], s["v"]
         row = get_row(i)
@@ -180,38 +179,43 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         path = jnp.where(upd, i, s["path"])
         pathcol = jnp.where(upd, jin, s["pathcol"])
         cand = jnp.where(s["sc"], inf, shortest)
-        jsel = jnp.argmin(cand).astype(jnp.int32)
-        lowest = cand[jsel]
+        # min + masked index-min: two plain reductions (XLA CPU vectorizes these; a
+        # variadic argmin reduce is much slower there).
+        lowest = jnp.min(cand)
+        jsel = jnp.min(jnp.where(cand == lowest, cols, N - 1)).astype(jnp.int32)
         stuck = searching & ~jnp.isfinite(lowest)  # cannot happen when rows <= valid cols
         sc = s["sc"] | (searching & (cols == jsel))
         owner = s["row4col"][jsel]
         sink = searching & (owner < 0) & ~stuck
         v = jnp.where(sink & sc, v - (lowest - shortest), v)
-        # ---- one flip of the augmenting path --------------------------------------
-        fj = s["j"]
-        fi = s["path"][fj]
-        fnext = s["pathcol"][fj]
-        row4col = jnp.where(flipping & (cols == fj), fi, s["row4col"])
-        root_done = flipping & (fnext < 0)
-        k_next = s["k"] + 1
-        all_done = root_done & (k_next >= n_rows)
-        nxt = order[jnp.minimum(k_next, R - 1)]
 
+        # ---- on reaching a free column: flip the augmenting path (inner loop; each
+        # step only moves one column, far cheaper than a search step) ---------------
+        def flip_cond(f):
+            return f[0] >= 0
+
+        def flip_body(f):
+            j, r4c = f
+            return pathcol[j], jnp.where(cols == j, path[j], r4c)
+
+        _, row4col = jax.lax.while_loop(flip_cond, flip_body,
+                                        (jnp.where(sink, jsel, -1), s["row4col"]))
+        k_next = s["k"] + 1
+        all_done = sink & (k_next >= n_rows)
+        nxt = order[jnp.minimum(k_next, R - 1)]
         go_on = searching & ~sink
         return dict(
             it=s["it"] + 1,
-            phase=jnp.where(stuck | all_done, 2,
-                            jnp.where(sink, 1, jnp.where(root_done, 0, s["phase"]))).astype(jnp.int32),
-            k=jnp.where(root_done, k_next, s["k"]),
-            i=jnp.where(go_on, owner, jnp.where(root_done, nxt, i)),
-            jin=jnp.where(go_on, jsel, jnp.where(root_done, -1, jin)),
-            j=jnp.where(sink, jsel, jnp.where(flipping, fnext, fj)),
-            min_val=jnp.where(root_done, 0.0, jnp.where(searching, lowest, s["min_val"])),
+            phase=jnp.where(stuck | all_done, 2, s["phase"]).astype(jnp.int32),
+            k=jnp.where(sink, k_next, s["k"]),
+            i=jnp.where(go_on, owner, jnp.where(sink, nxt, i)),
+            jin=jnp.where(go_on, jsel, jnp.where(sink, -1, jin)),
+            min_val=jnp.where(sink, 0.0, lowest),
             v=v,
-            shortest=jnp.where(root_done, inf, shortest),
+            shortest=jnp.where(sink, inf, shortest),
             path=path,
             pathcol=pathcol,
-            sc=sc & ~root_done,
+            sc=sc & ~sink,
             row4col=row4col,
         )
 
