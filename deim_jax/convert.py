@@ -143,9 +143,14 @@ def _abstract_variables(cfg) -> Dict[str, Any]:
 
 
 def _derived_values(cfg) -> Dict[str, Array]:
+    """Derived buffers; anchor logits use PyTorch's float32 log when it is installed (bit-identical)."""
     from deim_jax import models
 
-    return models.derived_constants(cfg)
+    try:
+        import torch
+    except ImportError:
+        return models.derived_constants(cfg)
+    return models.derived_constants(cfg, log=lambda x: torch.log(torch.from_numpy(np.ascontiguousarray(x))).numpy())
 
 
 def strip_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Array]:

@@ -63,14 +63,17 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def derived_constants(cfg) -> Dict[str, np.ndarray]:
-    """Values the official state dict stores but the model recomputes (anchors, valid mask, point scales)."""
+def derived_constants(cfg, log=np.log) -> Dict[str, np.ndarray]:
+    """Values the official state dict stores but the model recomputes (anchors, valid mask, point scales).
+
+    ``log``: the float32 logarithm used for the anchor logits (see ``anchors.generate_anchors``).
+    """
     from deim_jax.models.anchors import generate_anchors
 
     d = cfg.model.decoder
     h, w = cfg.eval_spatial_size
     shapes = [(int(np.ceil(h / s)), int(np.ceil(w / s))) for s in d.feat_strides]
-    anchors, valid = generate_anchors(shapes)
+    anchors, valid = generate_anchors(shapes, log=log)
     out = {"decoder.anchors": np.asarray(anchors, np.float32), "decoder.valid_mask": np.asarray(valid, bool)}
     scale = np.concatenate([np.full((n,), 1.0 / n, np.float32) for n in d.num_points]).astype(np.float32)
     for i in range(d.num_layers):

@@ -8,7 +8,7 @@ import numpy as np
 
 
 def generate_anchors(
-    spatial_shapes: Sequence[Tuple[int, int]], grid_size: float = 0.05, eps: float = 0.01
+    spatial_shapes: Sequence[Tuple[int, int]], grid_size: float = 0.05, eps: float = 0.01, log=np.log
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Anchor logits for feature maps of sizes ``[(h, w), ...]`` (finest level first).
 
@@ -17,7 +17,9 @@ def generate_anchors(
 
     Returns ``anchors`` [1, sum HW, 4] float32 logits (``log(a / (1 - a))``), ``+inf`` where
     invalid, and ``valid_mask`` [1, sum HW, 1] bool (all four numbers strictly in (eps, 1 - eps)).
-    Shapes are static Python ints, so the result is a host constant.
+    Shapes are static Python ints, so the result is a host constant. ``log`` computes the float32
+    logarithm; float32 ``log`` implementations differ in the last ulp, so the converter passes
+    PyTorch's when it is installed to write bit-identical checkpoints.
     """
     out = []
     for lvl, (h, w) in enumerate(spatial_shapes):
@@ -30,6 +32,6 @@ def generate_anchors(
     a = np.concatenate(out, 0)[None].astype(np.float32)
     valid = np.all((a > np.float32(eps)) & (a < np.float32(1 - eps)), axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
-        logits = np.log(a / (np.float32(1) - a)).astype(np.float32)
+        logits = np.asarray(log(a / (np.float32(1) - a)), np.float32)
     logits = np.where(valid, logits, np.float32(np.inf)).astype(np.float32)
     return logits, valid
