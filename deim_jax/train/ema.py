@@ -1,0 +1,41 @@
+"""Model EMA as the official ``ModelEMA`` (deim_dfine.md §9.4).
+
+``d(u) = decay * (1 - exp(-u / warmups))`` for the ``u``-th update (``u = t + 1`` after the optimizer
+step of 0-based iteration ``t``), ``v <- d * v + (1 - d) * v_model`` over every floating-point leaf
+(parameters and batch statistics). Integer leaves (``num_batches_tracked``) are not averaged: the
+EMA keeps its own value. The decay function always uses the constructor's ``decay`` (0.9999): the
+official "restart decay" assignments are no-ops. Warm-ups: 1000 (DEIM-D-FINE), 2000 (DEIM-RT-DETRv2).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def ema_decay(updates, decay: float = 0.9999, warmups: float = 1000.0):
+    """Decay of the ``updates``-th EMA update (1-based), float32; ``-expm1`` keeps small values accurate."""
+    u = jnp.asarray(updates).astype(jnp.float32)
+    return (jnp.float32(decay) * -jnp.expm1(-u / jnp.float32(warmups))).astype(jnp.float32)
+
+
+def ema_apply(ema_tree, new_tree, d):
+    """``v <- d * v + (1 - d) * new`` on floating leaves; integer/bool leaves keep the EMA's value."""
+    d = jnp.asarray(d, jnp.float32)
+
+    def one(v, n):
+        v = jnp.asarray(v)
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            return v
+        dd = d.astype(v.dtype)
+        return (v * dd + (1 - dd) * jnp.asarray(n).astype(v.dtype)).astype(v.dtype)
+
+    return jax.tree_util.tree_map(one, ema_tree, new_tree)
+
+
+def ema_update(ema_vars, new_vars, updates, decay: float = 0.9999, warmups: float = 1000.0):
+    """EMA of a variables tree (e.g. ``{'params': ..., 'batch_stats': ...}``) after update number ``updates``.
+
+    ``updates`` is the 1-based count of this update (``t + 1`` after optimizer step ``t``).
+    """
+    return ema_apply(ema_vars, new_vars, ema_decay(updates, decay, warmups))
