@@ -76,7 +76,7 @@ def test_load_pth_prefers_ema_and_never_unpickles_code(tmp_path):
     import pickle
 
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"model": Evil()}, f)
+        pickle.dump({"model": Evil()}, f, protocol=2)
     with pytest.raises(ValueError, match="weights-only"):
         convert.load_pth(str(tmp_path / "evil.pth"))
     with pytest.raises(FileNotFoundError):
