@@ -1,0 +1,229 @@
+"""COCO-format annotation loading, category mapping and input validation.
+
+``load_coco(images_dir, annotations_file, num_classes, remap_mscoco_category)``
+reads an ``instances_*.json`` (COCO or any custom set in COCO format) and returns a
+``CocoRecords``: one entry per image id (sorted ascending, like the official
+``CocoDetection``), with boxes as absolute-pixel **xyxy** float32 already clamped to
+the image and contiguous int32 labels, stored ragged (``box_offsets``) so a
+``tf.data`` pipeline can gather them with tensors only.
+
+Bad input (the behaviour of every case; tests in ``tests/test_data_coco.py`` and
+``tests/test_data_pipeline.py``):
+
+==========================================  =====================================================
+input                                       behaviour
+==========================================  =====================================================
+empty ``categories`` list                   ``ValueError`` before training (names the file)
+annotation with unknown ``category_id``     ``ValueError`` naming the file and the unknown ids
+``num_classes`` too small for the data      ``ValueError`` naming the file, the ids and the count
+duplicated image id, identical entries      deduplicated, counted in ``stats['duplicate_images']``
+duplicated image id, different entries      ``ValueError`` naming the file and the ids
+annotation for an image id not listed       dropped, counted (``stats['orphan_annotations']``)
+``iscrowd == 1``                            dropped (official), counted (``stats['crowd']``)
+NaN / inf / missing / malformed bbox        dropped, counted (``stats['nonfinite']``)
+box partly outside the image                clipped to [0, W] x [0, H] (official)
+zero / negative width or height (after      dropped, counted (``stats['degenerate']``)
+clipping; also boxes fully outside)
+image with no annotations                   kept, trains as a background image (official)
+missing image file                          train: dropped before training with one warning
+                                            naming them (``stats['missing_files']``); eval:
+                                            ``FileNotFoundError`` naming them
+corrupt / truncated / unknown-format file   train: the example is skipped at decode time with a
+                                            warning, the epoch keeps its length (spare indices);
+                                            eval: replaced by a black image with ``valid=False``
+grayscale / RGBA / palette / 16-bit PNG,    decoded to 8-bit RGB (``tf.io.decode_image``,
+CMYK JPEG                                   ``channels=3``; alpha dropped, 16-bit scaled)
+EXIF-rotated JPEG                           orientation tag ignored: pixels used as stored, which
+                                            is what COCO boxes refer to and what the official PIL
+                                            loader does
+more boxes than ``max_boxes``               the first ``max_boxes`` (annotation order) kept, the
+                                            rest dropped; per-example count in the batch key
+                                            ``num_dropped_boxes``
+==========================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The 80 COCO category ids (1..90 with gaps) in ascending order -> contiguous 0..79.
+MSCOCO_CATEGORY_IDS = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27,
+    28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53,
+    54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
+    81, 82, 84, 85, 86, 87, 88, 89, 90]
+MSCOCO_CATEGORY2LABEL = {c: i for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
+MSCOCO_LABEL2CATEGORY = {i: c for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
+
+
+@dataclasses.dataclass
+class CocoRecords:
+    """Per-image arrays (N images, M boxes in total).
+
+    file_names [N] str (absolute paths); image_ids [N] int64; widths/heights [N] int32;
+    box_offsets [N+1] int64 (boxes of image i are ``boxes[box_offsets[i]:box_offsets[i+1]]``);
+    boxes [M, 4] float32 absolute xyxy; labels [M] int32 contiguous;
+    label_to_category: contiguous label -> category id of the json (for evaluation);
+    category_names: contiguous label -> name; stats: counts of everything dropped/fixed.
+    """
+    file_names: np.ndarray
+    image_ids: np.ndarray
+    widths: np.ndarray
+    heights: np.ndarray
+    box_offsets: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    label_to_category: Dict[int, int]
+    category_names: Dict[int, str]
+    stats: Dict[str, int]
+    annotations_file: str = ""
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def boxes_of(self, i):
+        a, b = self.box_offsets[i], self.box_offsets[i + 1]
+        return self.boxes[a:b], self.labels[a:b]
+
+    def subset(self, keep: np.ndarray) -> "CocoRecords":
+        """Records restricted to the images ``keep`` (bool [N] or indices)."""
+        idx = np.arange(len(self))[keep] if np.asarray(keep).dtype == bool else np.asarray(keep)
+        counts = np.diff(self.box_offsets)[idx]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        sel = np.concatenate([np.arange(self.box_offsets[i], self.box_offsets[i + 1]) for i in idx]
+                             ) if len(idx) else np.zeros([0], np.int64)
+        sel = sel.astype(np.int64)
+        return dataclasses.replace(
+            self, file_names=self.file_names[idx], image_ids=self.image_ids[idx],
+            widths=self.widths[idx], heights=self.heights[idx], box_offsets=offsets,
+            boxes=self.boxes[sel].reshape(-1, 4), labels=self.labels[sel], stats=dict(self.stats))
+
+
+def category_mapping(categories: List[dict], num_classes: int, remap_mscoco_category: bool,
+                     annotations_file: str = "<json>"):
+    """Return (category_id -> label, label -> category_id, label -> name); raise on bad setups."""
+    if not categories:
+        raise ValueError(f"{annotations_file}: the 'categories' list is empty; a detection data set "
+                         "needs at least one category")
+    ids = sorted({int(c["id"]) for c in categories})
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    if remap_mscoco_category:
+        unknown = sorted(set(ids) - set(MSCOCO_CATEGORY_IDS))
+        if unknown:
+            raise ValueError(
+                f"{annotations_file}: remap_mscoco_category=True but category ids {unknown} are not "
+                "COCO ids; set remap_mscoco_category=False for a custom data set")
+        cat2label = dict(MSCOCO_CATEGORY2LABEL)
+    else:
+        cat2label = {c: i for i, c in enumerate(ids)}
+    needed = max(cat2label[c] for c in ids) + 1
+    if num_classes < needed:
+        raise ValueError(
+            f"{annotations_file}: num_classes={num_classes} does not cover the data: category ids "
+            f"{ids} map to labels 0..{needed - 1} (need num_classes >= {needed})")
+    label2cat = {l: c for c, l in cat2label.items()}
+    label_names = {cat2label[c]: names[c] for c in ids}
+    return cat2label, label2cat, label_names
+
+
+def load_coco(images_dir: str, annotations_file: str, num_classes: int,
+              remap_mscoco_category: bool = False, check_files: bool = True,
+              missing: str = "drop") -> CocoRecords:
+    """Read a COCO-format json; see the module docstring for the handling of bad input.
+
+    missing: 'drop' (training: drop missing image files with a warning) or 'error'.
+    """
+    with open(annotations_file) as f:
+        data = json.load(f)
+    cat2label, label2cat, label_names = category_mapping(
+        data.get("categories", []), num_classes, remap_mscoco_category, annotations_file)
+    stats = dict(duplicate_images=0, orphan_annotations=0, crowd=0, nonfinite=0, degenerate=0,
+                 missing_files=0, boxes=0)
+
+    images = {}
+    conflicting = []
+    for im in data.get("images", []):
+        iid = int(im["id"])
+        if iid in images:
+            if images[iid] == im:
+                stats["duplicate_images"] += 1
+                continue
+            conflicting.append(iid)
+        images[iid] = im
+    if conflicting:
+        raise ValueError(f"{annotations_file}: duplicated image ids with different entries: "
+                         f"{sorted(set(conflicting))[:20]}")
+
+    unknown = sorted({int(a["category_id"]) for a in data.get("annotations", [])} - set(cat2label))
+    if unknown:
+        raise ValueError(f"{annotations_file}: annotations use category ids {unknown} that are not "
+                         f"in 'categories' (known: {sorted(cat2label)[:100]})")
+
+    per_image: Dict[int, list] = {i: [] for i in images}
+    for a in data.get("annotations", []):
+        iid = int(a["image_id"])
+        if iid not in per_image:
+            stats["orphan_annotations"] += 1
+            continue
+        if int(a.get("iscrowd", 0)) == 1:
+            stats["crowd"] += 1
+            continue
+        bb = a.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bb)
+        except (TypeError, ValueError):
+            stats["nonfinite"] += 1
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            stats["nonfinite"] += 1
+            continue
+        im = images[iid]
+        W, H = float(im["width"]), float(im["height"])
+        x1, y1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
+        x2, y2 = min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)
+        if not (x2 > x1 and y2 > y1):
+            stats["degenerate"] += 1
+            continue
+        per_image[iid].append((x1, y1, x2, y2, cat2label[int(a["category_id"])]))
+
+    ids = sorted(images)
+    files, widths, heights, offsets, boxes, labels = [], [], [], [0], [], []
+    missing_list, kept_ids = [], []
+    for iid in ids:
+        im = images[iid]
+        path = os.path.join(images_dir, im["file_name"])
+        if check_files and not os.path.isfile(path):
+            missing_list.append(path)
+            continue
+        files.append(path)
+        kept_ids.append(iid)
+        widths.append(int(im["width"]))
+        heights.append(int(im["height"]))
+        for b in per_image[iid]:
+            boxes.append(b[:4])
+            labels.append(b[4])
+        offsets.append(len(boxes))
+    if missing_list:
+        stats["missing_files"] = len(missing_list)
+        msg = (f"{annotations_file}: {len(missing_list)} image file(s) missing under {images_dir}: "
+               f"{missing_list[:10]}")
+        if missing == "error":
+            raise FileNotFoundError(msg)
+        log.warning(msg + " (dropped)")
+    stats["boxes"] = len(boxes)
+    return CocoRecords(
+        file_names=np.asarray(files, dtype=object), image_ids=np.asarray(kept_ids, np.int64),
+        widths=np.asarray(widths, np.int32), heights=np.asarray(heights, np.int32),
+        box_offsets=np.asarray(offsets, np.int64),
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int32),
+        label_to_category=label2cat, category_names=label_names, stats=stats,
+        annotations_file=annotations_file)

@@ -1,0 +1,378 @@
+"""Dense O2O training and evaluation input pipelines in ``tf.data`` (deim_dfine.md §8).
+
+Entry points::
+
+    it = build_train_iterator(config, seed=0, start_step=0, state=None,
+                              process_index=0, process_count=1)
+    batch = next(it)          # dict of numpy arrays, the local (per-process) batch
+    state = it.get_state()    # small dict of ints: save it with the checkpoint
+    it = build_train_iterator(config, seed=0, state=state, ...)   # exact resume
+
+    for batch in build_eval_iterator(config, process_index=0, process_count=1): ...
+
+Train batch: ``image`` [B,H,W,3] float32 in [0,1]; ``boxes`` [B,max_boxes,4] normalized
+cxcywh; ``labels`` [B,max_boxes] int32; ``mask`` [B,max_boxes] bool; plus bookkeeping
+``num_dropped_boxes`` [B] int32 (boxes beyond max_boxes, log it), ``epoch`` [B], ``pos`` [B].
+Eval batch: ``image``, ``boxes``/``labels``/``mask`` (eval size, unaugmented), ``image_id`` [B]
+int64, ``orig_size`` [B,2] (w, h) int32, ``valid`` [B] bool (False on padding).
+
+Determinism and resume. Epoch e uses the permutation ``default_rng([seed, e])`` of the
+images; process p reads entries p, p+P, ... of it (its shard only), followed by a few spare
+entries (the epoch always yields exactly ``steps_per_epoch`` batches even if some files fail
+to decode). Every random draw is stateless, seeded from (seed, epoch, position in the shard)
+for an example and (seed, epoch, position of the batch's first example) for batch ops
+(mixup, multi-scale), so parallel decoding order does not matter and a run restarted from
+``get_state()`` (epoch, next position, step in epoch) sees exactly the batches it would have
+seen. ``start_step`` alone is exact as long as no file failed to decode before it.
+
+Multi-host: the global batch is ``config.data.batch_size``; every process yields its
+``batch_size // process_count`` slice; ``global_batch(local, sharding)`` assembles the global
+``jax.Array`` with ``jax.make_array_from_process_local_data``.
+
+Multi-scale (``base_size_repeat`` not None, epoch < ``stop_epoch``): one size per batch from
+the official list [480..608] + [640]*r + [800..672] (nearest resize, boxes unchanged).
+``config.data.multiscale_buckets`` (optional) restricts the sizes to a smaller fixed set
+(sizes are snapped to the nearest bucket, keeping the official probabilities). Every distinct
+size is one compile of the train step: the official list costs 11 compiles (5 + 640 + 5),
+plus one for 640 after stop_epoch is the same shape; a run without multi-scale costs 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from deim_jax.data import coco as coco_lib
+from deim_jax.data import transforms as T
+
+log = logging.getLogger(__name__)
+
+_HIDDEN = False
+
+
+def _hide_gpus():
+    global _HIDDEN
+    if not _HIDDEN:
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            pass
+        _HIDDEN = True
+
+
+def _field(cfg, name, default=None):
+    try:
+        v = cfg[name]
+    except (KeyError, AttributeError):
+        return default
+    return default if v is None else v
+
+
+# ----------------------------------------------------------------------------- sources
+
+def load_split(config, split: str, missing: Optional[str] = None) -> coco_lib.CocoRecords:
+    """COCO-format records for ``split`` ('train' or 'val') from ``config.data.<split>``."""
+    d = config.data
+    sp = d[split]
+    images, ann = _field(sp, "images"), _field(sp, "annotations")
+    if not images or not ann:
+        if _field(d, "tfds_name"):
+            raise NotImplementedError(
+                "TFDS sources: use deim_jax.data.tfds_source.load_tfds_records (see its docstring)")
+        raise ValueError(f"config.data.{split}.images / .annotations must name a COCO-format set")
+    if not os.path.isfile(ann):
+        raise FileNotFoundError(f"annotation file not found: {ann}")
+    return coco_lib.load_coco(images, ann, int(config.num_classes),
+                              bool(_field(d, "remap_mscoco_category", False)),
+                              missing=missing or ("drop" if split == "train" else "error"))
+
+
+class _Tables:
+    """Records as TF constants, for gathers inside tf.data functions."""
+
+    def __init__(self, rec: coco_lib.CocoRecords):
+        self.paths = tf.constant([str(p) for p in rec.file_names], tf.string)
+        self.wh = tf.constant(np.stack([rec.widths, rec.heights], 1), tf.int32)
+        self.ids = tf.constant(rec.image_ids, tf.int64)
+        self.offsets = tf.constant(rec.box_offsets, tf.int64)
+        self.boxes = tf.constant(rec.boxes.reshape(-1, 4), tf.float32)
+        self.labels = tf.constant(rec.labels, tf.int32)
+        self.n = len(rec)
+
+    def load(self, idx):
+        """Decoded image float32 [H,W,3] 0..255, boxes xyxy [N,4] (decoded pixels), labels [N]."""
+        img = T.decode_image(tf.io.read_file(self.paths[idx]))
+        a, b = self.offsets[idx], self.offsets[idx + 1]
+        boxes = self.boxes[a:b]
+        wh = tf.cast(self.wh[idx], tf.float32)
+        h, w = T.image_hw(img)
+        sx, sy = tf.cast(w, tf.float32) / wh[0], tf.cast(h, tf.float32) / wh[1]
+        boxes = boxes * tf.stack([sx, sy, sx, sy])
+        return img, boxes, self.labels[a:b]
+
+
+# ----------------------------------------------------------------------------- train
+
+def policy_config(config):
+    d = config.data
+    return dict(
+        policy_epochs=tuple(_field(d, "policy_epochs", (4, 29, 50))),
+        mosaic_prob=float(_field(d, "mosaic_prob", 0.5)),
+        mixup_prob=float(_field(d, "mixup_prob", 0.5)),
+        mixup_epochs=tuple(_field(d, "mixup_epochs", (4, 29))),
+        stop_epoch=int(_field(d, "stop_epoch", 50)),
+        base_size_repeat=_field(d, "base_size_repeat", None),
+        multiscale_buckets=_field(d, "multiscale_buckets", None),
+        image_size=int(_field(d, "image_size", 640)),
+        mosaic_size=int(_field(d, "mosaic_size", 320)),
+        max_boxes=int(_field(d, "max_boxes", 100)),
+    )
+
+
+def train_example_fn(tables: _Tables, pc: dict, seed: int):
+    """(idx, pos, epoch) -> one augmented, padded example (dict of tensors)."""
+    e0, e1, e2 = pc["policy_epochs"]
+    size = pc["image_size"]
+
+    def fn(idx, pos, epoch):
+        s = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), epoch), pos)
+        s = T.split_seed(s, 8)
+        in_policy = (epoch >= e0) & (epoch < e2)
+        with_mosaic = in_policy & (epoch < e1) & (T.uniform(s[0]) <= pc["mosaic_prob"])
+        img, boxes, labels = tables.load(idx)
+
+        def do_mosaic():
+            others = tf.random.stateless_uniform([3], s[1], 0, tables.n, tf.int32)
+            items = [(img, boxes, labels)] + [tables.load(others[k]) for k in range(3)]
+            return T.mosaic([x[0] for x in items], [x[1] for x in items], [x[2] for x in items],
+                            s[2], size=pc["mosaic_size"])
+
+        img, boxes, labels = tf.cond(with_mosaic, do_mosaic, lambda: (img, boxes, labels))
+        img = tf.cond(in_policy, lambda: T.photometric_distort(img, s[3]), lambda: img)
+
+        def zoom_crop():
+            im, bx = T.zoom_out(img, boxes, s[4])
+            return T.iou_crop(im, bx, labels, s[5])
+
+        img, boxes, labels = tf.cond(in_policy & ~with_mosaic, zoom_crop, lambda: (img, boxes, labels))
+        h, w = T.image_hw(img)
+        boxes, labels = T.sanitize(boxes, labels, h, w)
+        img, boxes = T.hflip(img, boxes, s[6])
+        img, boxes = T.resize(img, boxes, size, size)
+        boxes, labels = T.sanitize(boxes, labels, size, size)
+        b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, pc["max_boxes"])
+        img = img / 255.0
+        img.set_shape([size, size, 3])
+        return {"image": img, "boxes": b, "labels": l, "mask": m,
+                "num_dropped_boxes": tf.cast(dropped, tf.int32),
+                "epoch": tf.cast(epoch, tf.int32), "pos": tf.cast(pos, tf.int32)}
+
+    return fn
+
+
+def _scales(pc):
+    scales = T.multiscale_scales(pc["image_size"], pc["base_size_repeat"])
+    buckets = pc["multiscale_buckets"]
+    if buckets:
+        buckets = np.asarray(sorted(buckets))
+        scales = [int(buckets[np.argmin(np.abs(buckets - s))]) for s in scales]
+    return scales
+
+
+def train_batch_fn(pc: dict, seed: int):
+    scales = tf.constant(_scales(pc), tf.int32)
+    m0, m1 = pc["mixup_epochs"]
+    multiscale = pc["base_size_repeat"] is not None
+
+    def fn(batch):
+        epoch, first = batch["epoch"][0], batch["pos"][0]
+        s = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), epoch), first)
+        s = T.split_seed(s, 2)
+        batch = T.mixup(batch, s[0], pc["mixup_prob"], (epoch >= m0) & (epoch < m1))
+        if multiscale:
+            k = tf.random.stateless_uniform([], s[1], 0, tf.shape(scales)[0], tf.int32)
+            sz = tf.where(epoch < pc["stop_epoch"], scales[k], pc["image_size"])
+            batch["image"] = tf.cond(sz == pc["image_size"], lambda: batch["image"],
+                                     lambda: T.nearest_resize_batch(batch["image"], sz))
+        return batch
+
+    return fn
+
+
+def epoch_shard(n: int, seed: int, epoch: int, process_index: int, process_count: int,
+                local_batch: int, steps: int, spare: int):
+    """Indices read by this process in this epoch (its shard of the epoch permutation + spares)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    shard = perm[process_index::process_count]
+    need = steps * local_batch + spare
+    reps = int(math.ceil(need / max(len(shard), 1)))
+    return np.tile(shard, reps)[:need]
+
+
+class TrainIterator:
+    """Infinite iterator over local train batches (numpy); ``get_state()`` for resume."""
+
+    def __init__(self, config, records, seed, state, process_index, process_count):
+        _hide_gpus()
+        self.pc = policy_config(config)
+        d = config.data
+        gb = int(d.batch_size)
+        if gb % process_count:
+            raise ValueError(f"batch_size {gb} not divisible by process_count {process_count}")
+        self.local_batch = gb // process_count
+        self.steps_per_epoch = len(records) // gb
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{records.annotations_file}: {len(records)} images < batch_size {gb}")
+        self.records, self.seed = records, int(seed)
+        self.pi, self.pcount = process_index, process_count
+        self.spare = int(_field(d, "spare_examples", max(self.local_batch, 8)))
+        self.workers = _field(d, "num_parallel_calls", tf.data.AUTOTUNE)
+        self.prefetch = int(_field(d, "prefetch", 2))
+        self.tables = _Tables(records)
+        self.state = dict(state)
+        self._ex_fn = train_example_fn(self.tables, self.pc, self.seed)
+        self._b_fn = train_batch_fn(self.pc, self.seed)
+        self._it = None
+
+    def _build(self):
+        st = self.state
+        idx = epoch_shard(len(self.records), self.seed, st["epoch"], self.pi, self.pcount,
+                          self.local_batch, self.steps_per_epoch, self.spare)
+        pos = np.arange(len(idx))
+        ds = tf.data.Dataset.from_tensor_slices(
+            (idx[st["pos"]:].astype(np.int32), pos[st["pos"]:].astype(np.int32),
+             np.full(len(idx) - st["pos"], st["epoch"], np.int32)))
+        ds = ds.map(self._ex_fn, num_parallel_calls=self.workers, deterministic=True)
+        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.batch(self.local_batch, drop_remainder=True)
+        ds = ds.map(self._b_fn, num_parallel_calls=1, deterministic=True)
+        ds = ds.take(self.steps_per_epoch - st["step_in_epoch"])
+        ds = ds.prefetch(self.prefetch)
+        opts = tf.data.Options()
+        opts.deterministic = True
+        opts.experimental_optimization.map_parallelization = True
+        self._it = iter(ds.with_options(opts))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self._it is None:
+                self._build()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.state["step_in_epoch"] < self.steps_per_epoch:
+                    log.warning("epoch %d ended after %d of %d batches (too many unreadable files)",
+                                self.state["epoch"], self.state["step_in_epoch"], self.steps_per_epoch)
+                self.state = dict(epoch=self.state["epoch"] + 1, pos=0, step_in_epoch=0)
+                self._it = None
+                continue
+            batch = {k: v.numpy() for k, v in batch.items()}
+            self.state = dict(epoch=self.state["epoch"], pos=int(batch["pos"].max()) + 1,
+                              step_in_epoch=self.state["step_in_epoch"] + 1)
+            if self.state["step_in_epoch"] == self.steps_per_epoch:
+                self.state = dict(epoch=self.state["epoch"] + 1, pos=0, step_in_epoch=0)
+                self._it = None
+            return batch
+
+    def get_state(self) -> dict:
+        """Position of the next batch: {'epoch', 'pos', 'step_in_epoch'} (ints)."""
+        return dict(self.state)
+
+
+def build_train_iterator(config, seed: int = 0, start_step: int = 0, state: Optional[dict] = None,
+                         process_index: int = 0, process_count: int = 1, records=None) -> TrainIterator:
+    """Train iterator starting at ``state`` (exact) or at global step ``start_step``."""
+    records = records if records is not None else load_split(config, "train")
+    it = TrainIterator(config, records, seed, dict(epoch=0, pos=0, step_in_epoch=0),
+                       process_index, process_count)
+    if state is None:
+        e, k = divmod(int(start_step), it.steps_per_epoch)
+        state = dict(epoch=e, pos=k * it.local_batch, step_in_epoch=k)
+    it.state = {k: int(v) for k, v in dict(state).items()}
+    return it
+
+
+def steps_per_epoch(config, records=None) -> int:
+    records = records if records is not None else load_split(config, "train")
+    return len(records) // int(config.data.batch_size)
+
+
+# ----------------------------------------------------------------------------- eval
+
+def build_eval_dataset(config, process_index: int = 0, process_count: int = 1, records=None):
+    """tf.data.Dataset of local eval batches; every image appears exactly once over all
+    processes (``valid`` False on padding and on unreadable files)."""
+    _hide_gpus()
+    records = records if records is not None else load_split(config, "val")
+    d = config.data
+    size = int(_field(d, "eval_size", _field(d, "image_size", 640)))
+    max_boxes = int(_field(d, "max_boxes", 100))
+    gb = int(_field(d, "eval_batch_size", d.batch_size))
+    if gb % process_count:
+        raise ValueError(f"eval_batch_size {gb} not divisible by process_count {process_count}")
+    lb = gb // process_count
+    n = len(records)
+    nb = int(math.ceil(n / gb))
+    idx = np.full(nb * gb, -1, np.int64)
+    idx[:n] = np.arange(n)
+    idx = idx.reshape(nb, process_count, lb)[:, process_index].reshape(-1)
+    tables = _Tables(records)
+
+    def load_one(i):
+        def real():
+            img, boxes, labels = tables.load(tf.maximum(i, 0))
+            return img, boxes, labels, tf.constant(True)
+        return real()
+
+    def fallback(i):
+        return (tf.zeros([size, size, 3], tf.float32), tf.zeros([0, 4], tf.float32),
+                tf.zeros([0], tf.int32), tf.constant(False))
+
+    def safe_load(i):
+        good = tf.data.Dataset.from_tensors(i).filter(lambda j: j >= 0).map(load_one).ignore_errors(
+            log_warning=True)
+        return good.concatenate(tf.data.Dataset.from_tensors(i).map(fallback)).take(1).map(
+            lambda im, b, l, ok: (i, im, b, l, ok))
+
+    def finish(i, img, boxes, labels, ok):
+        img, boxes = T.resize(img, boxes, size, size)
+        boxes, labels = T.sanitize(boxes, labels, size, size)
+        b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, max_boxes)
+        j = tf.maximum(i, 0)
+        img = img / 255.0
+        img.set_shape([size, size, 3])
+        return {"image": img, "boxes": b, "labels": l, "mask": m,
+                "num_dropped_boxes": tf.cast(dropped, tf.int32),
+                "image_id": tf.where(i >= 0, tables.ids[j], -1),
+                "orig_size": tables.wh[j], "valid": ok & (i >= 0)}
+
+    ds = tf.data.Dataset.from_tensor_slices(idx)
+    ds = ds.interleave(safe_load, cycle_length=4, block_length=1,
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(lb, drop_remainder=True).prefetch(2)
+    return ds
+
+
+def build_eval_iterator(config, process_index: int = 0, process_count: int = 1, records=None):
+    """Iterator of local eval batches as numpy dicts (one pass)."""
+    for batch in build_eval_dataset(config, process_index, process_count, records):
+        yield {k: v.numpy() for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- multi-host
+
+def global_batch(local: dict, sharding):
+    """Assemble per-process local batches into global ``jax.Array`` s sharded on axis 0."""
+    import jax
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

@@ -1,0 +1,333 @@
+"""The official DEIM training / evaluation transforms as TensorFlow ops (deim_dfine.md §8).
+
+Every function works on one example inside ``tf.data``: ``image`` float32 [H, W, 3] with
+uint8 values 0..255 (the official pipeline works on PIL uint8 images until ``ConvertPILImage``;
+we round and clip after every op that PIL would quantize), ``boxes`` float32 [N, 4] absolute
+pixel **xyxy**, ``labels`` int32 [N]. Randomness is stateless: every op takes a ``seed``
+(int32/int64 [2] tensor) so the same seed gives the same output on any machine or thread.
+
+Official op order (§8.2): Mosaic -> RandomPhotometricDistort -> RandomZoomOut ->
+RandomIoUCrop(p=0.8) -> SanitizeBoundingBoxes -> RandomHorizontalFlip -> Resize(640x640) ->
+SanitizeBoundingBoxes -> /255 -> normalized cxcywh. Batch ops: ``mixup`` and
+``multiscale_resize`` (§8.5).
+
+Resize: the official resize is PIL bilinear with antialias; we use
+``tf.image.resize(method='bilinear', antialias=True)`` and round to uint8. Measured against
+PIL on the demo images (tests/test_data_transforms.py): mean |diff| < 1 grey level,
+max a few levels at sharp edges when downscaling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+_f32 = tf.float32
+
+
+def split_seed(seed, n: int):
+    """n independent [2] seeds from one."""
+    return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=n))
+
+
+def uniform(seed, shape=(), lo=0.0, hi=1.0):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=lo, maxval=hi, dtype=_f32)
+
+
+def quantize(img):
+    """Round and clip to the uint8 range (what a PIL op returns)."""
+    return tf.clip_by_value(tf.round(img), 0.0, 255.0)
+
+
+def decode_image(data):
+    """Encoded bytes -> float32 [H, W, 3] in 0..255. Grey/RGBA/palette/16-bit/CMYK -> RGB."""
+    img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    img.set_shape([None, None, 3])
+    return tf.cast(img, _f32)
+
+
+def image_hw(img):
+    s = tf.shape(img)
+    return s[0], s[1]
+
+
+def resize(img, boxes, h, w):
+    """Resize to (h, w) ignoring aspect ratio (bilinear + antialias, rounded); boxes scaled."""
+    ih, iw = image_hw(img)
+    out = quantize(tf.image.resize(img, tf.stack([h, w]), method="bilinear", antialias=True))
+    sx = tf.cast(w, _f32) / tf.cast(iw, _f32)
+    sy = tf.cast(h, _f32) / tf.cast(ih, _f32)
+    return out, boxes * tf.stack([sx, sy, sx, sy])
+
+
+def resize_short_side(img, boxes, size: int):
+    """torchvision ``Resize(size)``: shorter side -> size, longer = int(size * long / short)."""
+    ih, iw = image_hw(img)
+    fh, fw = tf.cast(ih, _f32), tf.cast(iw, _f32)
+    w_short = iw <= ih
+    nh = tf.where(w_short, tf.cast(tf.floor(size * fh / fw), tf.int32), size)
+    nw = tf.where(w_short, size, tf.cast(tf.floor(size * fw / fh), tf.int32))
+    return resize(img, boxes, nh, nw)
+
+
+def sanitize(boxes, labels, h, w, min_size: float = 1.0):
+    """torchvision ``SanitizeBoundingBoxes(min_size=1)``: drop small / out-of-canvas boxes."""
+    fw, fh = tf.cast(w, _f32), tf.cast(h, _f32)
+    bw = boxes[:, 2] - boxes[:, 0]
+    bh = boxes[:, 3] - boxes[:, 1]
+    keep = (bw >= min_size) & (bh >= min_size) & tf.reduce_all(boxes >= 0, axis=-1)
+    keep &= (boxes[:, 0] <= fw) & (boxes[:, 2] <= fw) & (boxes[:, 1] <= fh) & (boxes[:, 3] <= fh)
+    return tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+
+
+def hflip(img, boxes, seed, p: float = 0.5):
+    """RandomHorizontalFlip(p)."""
+    w = tf.cast(tf.shape(img)[1], _f32)
+    do = uniform(seed) < p
+    img = tf.cond(do, lambda: img[:, ::-1, :], lambda: img)
+    flipped = tf.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
+    return img, tf.where(do, flipped, boxes)
+
+
+def _gray(img):
+    # PIL "L" conversion: L = R*299/1000 + G*587/1000 + B*114/1000
+    return tf.reduce_sum(img * tf.constant([0.299, 0.587, 0.114], _f32), axis=-1, keepdims=True)
+
+
+def photometric_distort(img, seed, p: float = 0.5, brightness=(0.875, 1.125),
+                        contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05)):
+    """RandomPhotometricDistort: each jitter with prob p, contrast before/after saturation+hue
+    with prob 0.5, random channel permutation with prob p."""
+    s = split_seed(seed, 11)
+    on = [uniform(s[i]) < p for i in range(4)]
+    fb = uniform(s[4], (), *brightness)
+    fc = uniform(s[5], (), *contrast)
+    fs = uniform(s[6], (), *saturation)
+    fh = uniform(s[7], (), *hue)
+    contrast_before = uniform(s[8]) < 0.5
+    permute = uniform(s[9]) < p
+    perm = tf.argsort(uniform(s[10], (3,)))
+
+    def adj_contrast(x):
+        mean = tf.round(tf.reduce_mean(_gray(x)))
+        return quantize(fc * x + (1.0 - fc) * mean)
+
+    def adj_sat(x):
+        return quantize(fs * x + (1.0 - fs) * _gray(x))
+
+    def adj_hue(x):
+        return quantize(tf.image.adjust_hue(x / 255.0, fh) * 255.0)
+
+    img = tf.where(on[0], quantize(img * fb), img)
+    img = tf.cond(on[1] & contrast_before, lambda: adj_contrast(img), lambda: img)
+    img = tf.cond(on[2], lambda: adj_sat(img), lambda: img)
+    img = tf.cond(on[3], lambda: adj_hue(img), lambda: img)
+    img = tf.cond(on[1] & ~contrast_before, lambda: adj_contrast(img), lambda: img)
+    return tf.cond(permute, lambda: tf.gather(img, perm, axis=-1), lambda: img)
+
+
+def zoom_out(img, boxes, seed, p: float = 0.5, side_range=(1.0, 4.0), fill: float = 0.0):
+    """RandomZoomOut: canvas int(W r) x int(H r), r ~ U(side_range), image at a random offset."""
+    s = split_seed(seed, 3)
+    h, w = image_hw(img)
+
+    def apply():
+        r = uniform(s[1], (), *side_range)
+        cw = tf.cast(tf.floor(tf.cast(w, _f32) * r), tf.int32)
+        ch = tf.cast(tf.floor(tf.cast(h, _f32) * r), tf.int32)
+        u = uniform(s[2], (2,))
+        left = tf.cast(tf.floor(tf.cast(cw - w, _f32) * u[0]), tf.int32)
+        top = tf.cast(tf.floor(tf.cast(ch - h, _f32) * u[1]), tf.int32)
+        out = tf.pad(img - fill, [[top, ch - h - top], [left, cw - w - left], [0, 0]]) + fill
+        off = tf.cast(tf.stack([left, top, left, top]), _f32)
+        return out, boxes + off
+
+    return tf.cond(uniform(s[0]) < p, apply, lambda: (img, boxes))
+
+
+def box_iou_one(boxes, crops):
+    """IoU [C, N] between crops [C, 4] and boxes [N, 4] (xyxy)."""
+    area_b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_c = (crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])
+    lt = tf.maximum(crops[:, None, :2], boxes[None, :, :2])
+    rb = tf.minimum(crops[:, None, 2:], boxes[None, :, 2:])
+    wh = tf.maximum(rb - lt, 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_c[:, None] + area_b[None, :] - inter)
+
+
+def iou_crop(img, boxes, labels, seed, p: float = 0.8, min_scale=0.3, max_scale=1.0,
+             min_aspect=0.5, max_aspect=2.0,
+             options: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), trials: int = 40,
+             rounds: int = 8):
+    """RandomApply(RandomIoUCrop, p). torchvision's ``while True`` over option draws is bounded
+    to ``rounds`` draws of ``trials`` candidates each, evaluated at once; the first accepted
+    candidate in (round, trial) order wins, an option 1.0 or no accepted candidate keeps the
+    image. Boxes whose centre is outside the crop are removed; the others are clipped."""
+    s = split_seed(seed, 5)
+    h, w = image_hw(img)
+    fh, fw = tf.cast(h, _f32), tf.cast(w, _f32)
+    opts = tf.constant(options, _f32)
+    opt = tf.gather(opts, tf.random.stateless_uniform([rounds], s[1], 0, len(options), tf.int32))
+    r = uniform(s[2], (rounds, trials, 2), 0.0, 1.0)
+    r = min_scale + (max_scale - min_scale) * r
+    new_w = tf.floor(fw * r[..., 0])
+    new_h = tf.floor(fh * r[..., 1])
+    aspect = new_w / tf.maximum(new_h, 1.0)
+    u = uniform(s[3], (rounds, trials, 2))
+    left = tf.floor((fw - new_w) * u[..., 0])
+    top = tf.floor((fh - new_h) * u[..., 1])
+    right, bottom = left + new_w, top + new_h
+    ok = (aspect >= min_aspect) & (aspect <= max_aspect) & (new_w > 0) & (new_h > 0)
+    crops = tf.reshape(tf.stack([left, top, right, bottom], -1), [-1, 4])
+    cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
+    cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
+    within = ((crops[:, 0:1] < cx[None]) & (cx[None] < crops[:, 2:3]) &
+              (crops[:, 1:2] < cy[None]) & (cy[None] < crops[:, 3:4]))          # [C, N]
+    iou = box_iou_one(boxes, crops)
+    max_iou = tf.reduce_max(tf.concat([iou, tf.fill([tf.shape(crops)[0], 1], -1.0)], 1), axis=1)
+    ok = tf.reshape(ok, [-1]) & tf.reduce_any(within, axis=1)
+    ok = tf.reshape(ok & (max_iou >= tf.repeat(opt, trials)), [rounds, trials])
+    row_done = (opt >= 1.0) | tf.reduce_any(ok, axis=1)
+    first_row = tf.argmax(tf.cast(row_done, tf.int32), output_type=tf.int32)
+    use = tf.reduce_any(row_done) & (tf.gather(opt, first_row) < 1.0) & (uniform(s[0]) < p)
+    t = tf.argmax(tf.cast(ok[first_row], tf.int32), output_type=tf.int32)
+    k = first_row * trials + t
+    crop = tf.gather(crops, k)
+    keep = tf.gather(within, k)
+
+    def apply():
+        l, tp, rr, bb = [tf.cast(v, tf.int32) for v in tf.unstack(crop)]
+        out = img[tp:bb, l:rr, :]
+        b = tf.boolean_mask(boxes, keep) - tf.stack([crop[0], crop[1], crop[0], crop[1]])
+        cw, chh = crop[2] - crop[0], crop[3] - crop[1]
+        b = tf.minimum(tf.maximum(b, 0.0), tf.stack([cw, chh, cw, chh]))
+        return out, b, tf.boolean_mask(labels, keep)
+
+    return tf.cond(use, apply, lambda: (img, boxes, labels))
+
+
+def affine_matrix(angle_deg, tx, ty, scale, w, h):
+    """Forward 2x3 map p' = s R (p - c) + c + t in continuous pixel coordinates, c = (w/2, h/2)."""
+    a = angle_deg * (math.pi / 180.0)
+    cos, sin = tf.cos(a) * scale, tf.sin(a) * scale
+    cx, cy = w / 2.0, h / 2.0
+    return tf.stack([[cos, -sin, cx + tx - cos * cx + sin * cy],
+                     [sin, cos, cy + ty - sin * cx - cos * cy]])
+
+
+def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0.5, 1.5),
+                  fill: float = 0.0):
+    """torchvision RandomAffine (nearest, fill 0, centre = canvas centre) on image and boxes:
+    box corners are mapped, enclosed and clamped to the (unchanged) canvas."""
+    s = split_seed(seed, 4)
+    h, w = image_hw(img)
+    fh, fw = tf.cast(h, _f32), tf.cast(w, _f32)
+    angle = uniform(s[0], (), -degrees, degrees)
+    tx = tf.round(uniform(s[1], (), -translate[0] * fw, translate[0] * fw))
+    ty = tf.round(uniform(s[2], (), -translate[1] * fh, translate[1] * fh))
+    sc = uniform(s[3], (), *scale)
+    m = affine_matrix(angle, tx, ty, sc, fw, fh)
+    lin = m[:, :2]
+    inv = tf.linalg.inv(lin)
+    # output index (x, y) has continuous centre (x+.5, y+.5); input index = continuous - .5
+    off = tf.linalg.matvec(inv, tf.constant([0.5, 0.5]) - m[:, 2]) - 0.5
+    tr = tf.stack([inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1], 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img[None], transforms=tr[None], output_shape=tf.stack([h, w]),
+        fill_value=tf.constant(fill, _f32), interpolation="NEAREST", fill_mode="CONSTANT")[0]
+    corners = tf.stack([tf.stack([boxes[:, 0], boxes[:, 1]], -1), tf.stack([boxes[:, 2], boxes[:, 1]], -1),
+                        tf.stack([boxes[:, 0], boxes[:, 3]], -1), tf.stack([boxes[:, 2], boxes[:, 3]], -1)], 1)
+    pc = tf.einsum("ij,nkj->nki", lin, corners) + m[:, 2]
+    lo = tf.reduce_min(pc, axis=1)
+    hi = tf.reduce_max(pc, axis=1)
+    b = tf.concat([lo, hi], -1)
+    b = tf.minimum(tf.maximum(b, 0.0), tf.stack([fw, fh, fw, fh]))
+    return out, b
+
+
+def mosaic(imgs, boxes_list, labels_list, seed, size: int = 320, **affine_kw):
+    """Mosaic of 4 (image, boxes, labels): each resized (short side -> size), pasted at
+    (0,0), (max_w,0), (0,max_h), (max_w,max_h) of a black 2max_h x 2max_w canvas, then
+    RandomAffine. Returns (image, boxes, labels)."""
+    rs = [resize_short_side(im, b, size) for im, b in zip(imgs, boxes_list)]
+    hs = tf.stack([tf.shape(r[0])[0] for r in rs])
+    ws = tf.stack([tf.shape(r[0])[1] for r in rs])
+    mh, mw = tf.reduce_max(hs), tf.reduce_max(ws)
+    canvas = tf.zeros(tf.stack([2 * mh, 2 * mw, 3]), _f32)
+    out_boxes = []
+    for k, (im, b) in enumerate(rs):
+        ox, oy = (k % 2) * mw, (k // 2) * mh
+        ih, iw = tf.shape(im)[0], tf.shape(im)[1]
+        canvas += tf.pad(im, [[oy, 2 * mh - oy - ih], [ox, 2 * mw - ox - iw], [0, 0]])
+        out_boxes.append(b + tf.cast(tf.stack([ox, oy, ox, oy]), _f32))
+    boxes = tf.concat(out_boxes, 0)
+    labels = tf.concat(list(labels_list), 0)
+    img, boxes = random_affine(canvas, boxes, seed, **affine_kw)
+    return img, boxes, labels
+
+
+def to_padded_cxcywh(boxes, labels, h, w, max_boxes: int):
+    """Absolute xyxy -> normalized cxcywh padded to max_boxes; returns
+    (boxes [M,4], labels [M], mask [M], num_dropped)."""
+    fw, fh = tf.cast(w, _f32), tf.cast(h, _f32)
+    n = tf.shape(boxes)[0]
+    keep = tf.minimum(n, max_boxes)
+    b = boxes[:keep] / tf.stack([fw, fh, fw, fh])
+    b = tf.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], -1)
+    pad = max_boxes - keep
+    b = tf.pad(b, [[0, pad], [0, 0]])
+    l = tf.pad(tf.cast(labels[:keep], tf.int32), [[0, pad]])
+    m = tf.range(max_boxes) < keep
+    b.set_shape([max_boxes, 4])
+    l.set_shape([max_boxes])
+    return b, l, m, n - keep
+
+
+def mixup(batch, seed, prob: float = 0.5, active=True):
+    """Batch MixUp: with prob, image i <- beta img[i] + (1-beta) img[i-1] (cyclic), beta =
+    round(U(0.45, 0.55), 6); example i keeps its boxes followed by those of i-1, truncated to
+    max_boxes (overflow added to ``num_dropped_boxes``)."""
+    s = split_seed(seed, 2)
+    do = tf.logical_and(tf.convert_to_tensor(active), uniform(s[0]) < prob)
+
+    def apply():
+        beta = tf.round(uniform(s[1], (), 0.45, 0.55) * 1e6) / 1e6
+        out = dict(batch)
+        img = batch["image"]
+        out["image"] = beta * img + (1.0 - beta) * tf.roll(img, 1, axis=0)
+        mb = batch["mask"].shape[1]
+        boxes = tf.concat([batch["boxes"], tf.roll(batch["boxes"], 1, 0)], 1)
+        labels = tf.concat([batch["labels"], tf.roll(batch["labels"], 1, 0)], 1)
+        mask = tf.concat([batch["mask"], tf.roll(batch["mask"], 1, 0)], 1)
+        order = tf.argsort(tf.cast(~mask, tf.int32), axis=1, stable=True)
+        boxes = tf.gather(boxes, order, batch_dims=1)
+        labels = tf.gather(labels, order, batch_dims=1)
+        mask = tf.gather(mask, order, batch_dims=1)
+        out["boxes"], out["labels"], out["mask"] = boxes[:, :mb], labels[:, :mb], mask[:, :mb]
+        out["num_dropped_boxes"] = batch["num_dropped_boxes"] + tf.reduce_sum(
+            tf.cast(mask[:, mb:], tf.int32), axis=1)
+        out["boxes"] = tf.where(out["mask"][..., None], out["boxes"], 0.0)
+        out["labels"] = tf.where(out["mask"], out["labels"], 0)
+        return out
+
+    return tf.cond(do, apply, lambda: dict(batch))
+
+
+def multiscale_scales(base_size: int = 640, base_size_repeat=None):
+    """Official ``scales`` list (duplicates kept: they set the probabilities)."""
+    if base_size_repeat is None:
+        return [base_size]
+    lo = [int(base_size * 0.75 / 32) * 32 + i * 32 for i in range(5)]
+    hi = [int(base_size * 1.25 / 32) * 32 - i * 32 for i in range(5)]
+    return lo + [base_size] * int(base_size_repeat) + hi
+
+
+def nearest_resize_batch(images, size):
+    """PyTorch legacy 'nearest' F.interpolate on a batch [B,H,W,C] -> [B,size,size,C]."""
+    h, w = tf.shape(images)[1], tf.shape(images)[2]
+    iy = tf.cast(tf.floor(tf.cast(tf.range(size), _f32) * tf.cast(h, _f32) / tf.cast(size, _f32)), tf.int32)
+    ix = tf.cast(tf.floor(tf.cast(tf.range(size), _f32) * tf.cast(w, _f32) / tf.cast(size, _f32)), tf.int32)
+    return tf.gather(tf.gather(images, tf.minimum(iy, h - 1), axis=1), tf.minimum(ix, w - 1), axis=2)

@@ -1,0 +1,73 @@
+"""Write a PNG grid of augmented training samples with their boxes drawn.
+
+``python -m deim_jax.tools.show_data --config=demo --out=docs/demo_data.png``
+``--config`` is a config name/path for ``deim_jax.configs.get_config`` or ``demo`` (the
+generated demo set under ``--demo-root``, created if missing). ``--epoch`` picks the epoch
+whose augmentation policy is shown (mosaic/mixup are on in the default demo epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = [(255, 0, 0), (0, 255, 0), (0, 128, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
+
+
+def draw_batch(batch, names=None, cols: int = 4, cell: int = 256):
+    """Grid image (PIL) of a train batch; boxes in normalized cxcywh."""
+    imgs = batch["image"]
+    n = imgs.shape[0]
+    rows = int(np.ceil(n / cols))
+    grid = Image.new("RGB", (cols * cell, rows * cell), (32, 32, 32))
+    for i in range(n):
+        im = Image.fromarray(np.clip(imgs[i] * 255 + 0.5, 0, 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+        d = ImageDraw.Draw(im)
+        for b, l, m in zip(batch["boxes"][i], batch["labels"][i], batch["mask"][i]):
+            if not m:
+                continue
+            cx, cy, w, h = (b * cell).tolist()
+            c = COLORS[int(l) % len(COLORS)]
+            d.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=c, width=2)
+            d.text((cx - w / 2 + 2, cy - h / 2 + 1), names.get(int(l), str(int(l))) if names else str(int(l)), fill=c)
+        grid.paste(im, ((i % cols) * cell, (i // cols) * cell))
+    return grid
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="demo")
+    p.add_argument("--out", required=True)
+    p.add_argument("--demo-root", default="/tmp/deim_demo_data")
+    p.add_argument("--epoch", type=int, default=None)
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    import ml_collections
+    from deim_jax import data
+    if a.config == "demo":
+        if not os.path.isfile(os.path.join(a.demo_root, "annotations", "instances_train.json")):
+            from deim_jax.data import demo
+            demo.generate(a.demo_root)
+        config = ml_collections.ConfigDict()
+        config.num_classes = 4
+        config.data = data.demo_data_config(a.demo_root, batch_size=a.num, image_size=256)
+    else:
+        from deim_jax import configs
+        config = configs.get_config(a.config)
+    config.data.base_size_repeat = None     # show every sample at the same size
+    records = data.load_split(config, "train")
+    epoch = a.epoch if a.epoch is not None else int(config.data.policy_epochs[0])
+    it = data.build_train_iterator(config, seed=a.seed, state=dict(epoch=epoch, pos=0, step_in_epoch=0),
+                                   records=records)
+    batch = next(it)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    draw_batch(batch, records.category_names).save(a.out)
+    print(f"wrote {a.out} (epoch {epoch}, {int(batch['mask'].sum())} boxes)")
+
+
+if __name__ == "__main__":
+    main()
