@@ -129,7 +129,7 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
     and a root row has never been matched, so u = 0.  The whole solve is ONE
     while_loop (phase 0 = searching, 2 = done) whose iterations are Dijkstra steps
     over all rows of all problems: when a step reaches a free column, a small inner
-    loop flips the augmenting path (back-pointers path/pathcol) and the next row starts
+    loop flips the augmenting path (back-pointers pathcol) and the next row starts
     in the following iteration.  Under vmap the loop runs until the slowest problem is
     done; finished problems are masked.
     """
@@ -155,8 +155,8 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         min_val=jnp.float32(0.0),
         v=jnp.zeros((N,), jnp.float32),
         shortest=jnp.full((N,), inf),
-        path=jnp.zeros((N,), jnp.int32),      # row that last relaxed column j
-        pathcol=jnp.zeros((N,), jnp.int32),   # ... and the column that row was reached by
+        pathcol=jnp.zeros((N,), jnp.int32),   # column through which the row that last
+                                              # relaxed column j was reached (-1: root row)
         sc=jnp.zeros((N,), bool),
         row4col=jnp.full((N,), -1, jnp.int32),
     )
@@ -176,7 +176,6 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         if col_valid is not None:
             upd = upd & col_valid
         shortest = jnp.where(upd, r, s["shortest"])
-        path = jnp.where(upd, i, s["path"])
         pathcol = jnp.where(upd, jin, s["pathcol"])
         cand = jnp.where(s["sc"], inf, shortest)
         # min + masked index-min: two plain reductions (XLA CPU vectorizes these; a
@@ -194,9 +193,14 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         def flip_cond(f):
             return f[0] >= 0
 
+        root = order[s["k"]]
+        r4c_old = s["row4col"]
+
         def flip_body(f):
             j, r4c = f
-            return pathcol[j], jnp.where(cols == j, path[j], r4c)
+            jp = pathcol[j]   # the row that relaxed j was matched to column jp (or is root)
+            i_j = jnp.where(jp < 0, root, r4c_old[jnp.maximum(jp, 0)])
+            return jp, jnp.where(cols == j, i_j, r4c)
 
         _, row4col = jax.lax.while_loop(flip_cond, flip_body,
                                         (jnp.where(sink, jsel, -1), s["row4col"]))
@@ -213,7 +217,6 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
             min_val=jnp.where(sink, 0.0, lowest),
             v=v,
             shortest=jnp.where(sink, inf, shortest),
-            path=path,
             pathcol=pathcol,
             sc=sc & ~sink,
             row4col=row4col,
