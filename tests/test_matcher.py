@@ -125,12 +125,10 @@ def test_zero_one_and_max_targets(method):
 def test_ties_integer_and_constant(method):
     rng = np.random.default_rng(3)
     for Q, M in [(10, 6), (6, 10), (7, 7)]:
-        cost = rng.integers(0, 3, size=(300, Q, M)).astype(np.float32)
-        mask = _random_mask(rng, 300, M)
+        cost = rng.integers(0, 3, size=(320, Q, M)).astype(np.float32)
+        cost[300:] = 3.0  # constant matrices: every maximum matching is optimal
+        mask = _random_mask(rng, 320, M)
         _check(cost, mask, _assign_jit[method](cost, mask))
-        const = np.full((20, Q, M), 3.0, np.float32)
-        cmask = _random_mask(rng, 20, M)
-        _check(const, cmask, _assign_jit[method](const, cmask))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -197,10 +195,10 @@ def test_no_gradient_through_matcher():
 
     def loss(c):
         idx = matcher.assign(c, mask, method="device")
-        return matcher.matched_cost(c, idx).sum()
+        return matcher.matched_cost(c, idx).sum(), idx
 
-    g = np.asarray(jax.grad(loss)(cost))
-    idx = np.asarray(matcher.assign(cost, mask, method="device"))
+    g, idx = jax.jit(jax.grad(loss, has_aux=True))(cost)
+    g, idx = np.asarray(g), np.asarray(idx)
     expect = np.zeros(cost.shape, np.float32)
     for b in range(2):
         for q in range(6):
