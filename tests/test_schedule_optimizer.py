@@ -134,6 +134,10 @@ def test_frozen_params_get_no_update():
     assert np.array_equal(p["decoder"]["reg_scale"], params["decoder"]["reg_scale"])
     assert np.array_equal(p["backbone"]["conv"]["kernel"], params["backbone"]["conv"]["kernel"])
     assert not np.array_equal(p["decoder"]["proj"]["bias"], params["decoder"]["proj"]["bias"])
+    # one-argument predicates over backbone-relative paths (the backbones' frozen_param_filter style)
+    rel = opt_lib.under("backbone", lambda path: path[0] == "conv")
+    labels1 = traverse_util.flatten_dict(opt_lib.param_labels(params, cfg, rel))
+    assert labels1 == labels
     # frozen grads do not count in the clipping norm: only the 3 bias grads (norm 100*sqrt(3)) do
     clip = opt_lib.clip_by_global_norm_torch(0.1)
     zero = opt_lib._zero_frozen(opt_lib.param_labels(params, cfg, frozen))

@@ -27,6 +27,7 @@ step ``t`` follows ``schedule.lr_used_at_step``.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +42,8 @@ from deim_jax.train import schedule as schedule_lib
 FROZEN = "frozen"
 ALWAYS_FROZEN = ("decoder.up", "decoder.reg_scale")
 
-FrozenFn = Callable[[Tuple[str, ...], str], bool]
+# ``frozen(path)`` or ``frozen(path, torch_name)``; path = full Flax params path tuple.
+FrozenFn = Callable[..., bool]
 
 
 def _get(cfg, name, default=None):
@@ -74,16 +76,39 @@ def assign_groups(names: Sequence[str], regexes: Sequence[str]) -> List[int]:
     return out
 
 
-def _is_frozen(path: Tuple[str, ...], name: str, frozen: Optional[FrozenFn]) -> bool:
+def _arity(fn) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+
+
+def _is_frozen(path: Tuple[str, ...], name: str, frozen) -> bool:
     if name in ALWAYS_FROZEN:
         return True
-    return bool(frozen(path, name)) if frozen is not None else False
+    if frozen is None:
+        return False
+    return bool(frozen(path, name)) if _arity(frozen) >= 2 else bool(frozen(path))
+
+
+def under(prefix: str, predicate: Callable[[Tuple[str, ...]], bool]) -> Callable[[Tuple[str, ...]], bool]:
+    """Lift a predicate over paths relative to submodule ``prefix`` (e.g. a backbone's
+    ``frozen_param_filter``) to full params paths; paths outside ``prefix`` are not frozen."""
+
+    def pred(path: Tuple[str, ...]) -> bool:
+        return len(path) > 1 and path[0] == prefix and bool(predicate(tuple(path[1:])))
+
+    return pred
 
 
 def param_labels(params, cfg, frozen: Optional[FrozenFn] = None):
     """Tree like ``params`` of labels ``'group_<i>'`` (i = config order, default last) or ``'frozen'``.
 
-    ``frozen(path, torch_name) -> bool`` marks more frozen parameters (path = Flax params path tuple).
+    ``frozen(path) -> bool`` or ``frozen(path, torch_name) -> bool`` marks more frozen parameters
+    (path = full Flax params path tuple; wrap a backbone-relative predicate with ``under('backbone', pred)``).
     """
     opt_cfg = _get(cfg, "optimizer", cfg)
     regexes = [g[0] for g in _groups(opt_cfg)[:-1]]
