@@ -193,15 +193,15 @@ def test_eval_parity(name):
 
 # ---------------------------------------------------------------- train-mode structure (tiny config)
 
-TINY = dict(num_classes=5, feat_channels=(16, 24), feat_strides=(16, 32), hidden_dim=16, num_levels=2,
-            num_points=(2, 1), num_layers=3, nhead=2, dim_feedforward=32, num_queries=10, num_denoising=8,
+TINY = dict(num_classes=5, feat_channels=(16, 16), feat_strides=(16, 32), hidden_dim=16, num_levels=2,
+            num_points=(2, 1), num_layers=2, nhead=2, dim_feedforward=32, num_queries=10, num_denoising=8,
             eval_spatial_size=(64, 64))
 
 
 def _tiny_inputs():
     rng = np.random.default_rng(0)
     return [jnp.asarray(rng.normal(size=(2, 4, 4, 16)), jnp.float32),
-            jnp.asarray(rng.normal(size=(2, 2, 2, 24)), jnp.float32)]
+            jnp.asarray(rng.normal(size=(2, 2, 2, 16)), jnp.float32)]
 
 
 def _tiny_group(q):
@@ -219,45 +219,61 @@ def _perturb(params, seed=0):
     return jax.tree_util.tree_unflatten(tree, [l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
 
 
-def test_train_structure_and_semantics():
-    model = DFINETransformer(**TINY)
+def test_variable_names_and_init():
     feats = _tiny_inputs()
-    variables = model.init(jax.random.PRNGKey(0), feats, train=False)
+    feats = [feats[0], jnp.zeros((2, 2, 2, 24))]
+    model = DFINETransformer(**dict(TINY, feat_channels=(16, 24)))
+    variables = jax.eval_shape(lambda f: model.init(jax.random.PRNGKey(0), f, train=False), feats)
     p = variables["params"]
-    # naming and init
     assert {"up", "reg_scale", "decoder", "query_pos_head", "enc_output", "enc_score_head", "enc_bbox_head",
             "pre_bbox_head", "denoising_class_embed", "input_proj_1"} <= set(p)
     assert "input_proj_0" not in p  # 16 == hidden_dim: identity
-    assert set(p["decoder"]) == {f"layers_{i}" for i in range(3)} | {f"lqe_layers_{i}" for i in range(3)}
+    assert set(p["input_proj_1"]) == {"conv", "norm"} and p["input_proj_1"]["conv"]["kernel"].shape == (1, 1, 24, 16)
+    assert set(variables["batch_stats"]["input_proj_1"]["norm"]) == {"mean", "var", "num_batches_tracked"}
+    assert set(p["decoder"]) == {f"layers_{i}" for i in range(2)} | {f"lqe_layers_{i}" for i in range(2)}
     assert set(p["decoder"]["layers_0"]) == {"self_attn", "norm1", "cross_attn", "gateway", "linear1", "linear2",
                                              "norm3"}
+    assert set(p["decoder"]["layers_0"]["gateway"]) == {"gate", "norm"}
+    assert set(p["decoder"]["layers_0"]["cross_attn"]) == {"sampling_offsets", "attention_weights"}
+    assert p["decoder"]["lqe_layers_0"]["reg_conf"]["layers_0"]["kernel"].shape == (20, 64)
+    assert p["dec_bbox_head_1"]["layers_2"]["kernel"].shape == (16, 132)
+    assert p["query_pos_head"]["layers_0"]["kernel"].shape == (4, 32)
+    assert {f"dec_score_head_{i}" for i in range(2)} <= set(p) and "dec_score_head_2" not in set(p)
+
+
+def test_train_structure_and_semantics():
+    model = DFINETransformer(**TINY)
+    feats = _tiny_inputs()
+    variables = jax.jit(lambda f: model.init(jax.random.PRNGKey(0), f, train=False))(feats)
+    p = variables["params"]
+    assert "batch_stats" not in variables
+    # init values
     assert p["denoising_class_embed"]["embedding"].shape == (6, 16)
     np.testing.assert_array_equal(p["denoising_class_embed"]["embedding"][5], 0)
     np.testing.assert_allclose(p["enc_score_head"]["bias"], -4.59512, atol=1e-5)
-    np.testing.assert_allclose(p["dec_score_head_2"]["bias"], -4.59512, atol=1e-5)
+    np.testing.assert_allclose(p["dec_score_head_1"]["bias"], -4.59512, atol=1e-5)
     for k in ("enc_bbox_head", "pre_bbox_head", "dec_bbox_head_1"):
         np.testing.assert_array_equal(p[k]["layers_2"]["kernel"], 0)
     np.testing.assert_array_equal(p["decoder"]["lqe_layers_0"]["reg_conf"]["layers_1"]["kernel"], 0)
     np.testing.assert_array_equal(p["decoder"]["layers_1"]["gateway"]["gate"]["kernel"], 0)
     assert float(p["up"][0]) == 0.5 and float(p["reg_scale"][0]) == 4.0
-    assert "batch_stats" in variables  # input_proj_1 BatchNorm
 
+    train_fwd = jax.jit(lambda v, f, g: model.apply(v, f, train=True, dn_group=g))
     # at init LQE adds 0: layer-0 logits equal the pre (head-0) logits
-    out0, _ = model.apply(variables, feats, train=True, mutable=["batch_stats"])
+    out0 = train_fwd(variables, feats, None)
     np.testing.assert_allclose(out0["aux_outputs"][0]["pred_logits"], out0["pre_outputs"]["pred_logits"], atol=1e-6)
 
-    variables = {"params": _perturb(p), "batch_stats": variables["batch_stats"]}
+    variables = {"params": _perturb(p)}
     q, c, r = 10, 5, 33 * 4
     for group in (None, _tiny_group(q)):
-        out, _ = jax.jit(lambda v, f, g: model.apply(v, f, train=True, dn_group=g, mutable=["batch_stats"]))(
-            variables, feats, group)
+        out = train_fwd(variables, feats, group)
         assert out["pred_logits"].shape == (2, q, c)
         assert out["pred_boxes"].shape == (2, q, 4)
         assert out["pred_corners"].shape == (2, q, r)
         assert out["ref_points"].shape == (2, q, 4)
         assert out["up"].shape == (1,) and out["reg_scale"].shape == (1,)
         assert out["enc_topk_indices"].shape == (2, q)
-        assert len(out["aux_outputs"]) == 2
+        assert len(out["aux_outputs"]) == 1
         keys6 = {"pred_logits", "pred_boxes", "pred_corners", "ref_points", "teacher_corners", "teacher_logits"}
         for a in out["aux_outputs"]:
             assert set(a) == keys6
@@ -281,7 +297,7 @@ def test_train_structure_and_semantics():
         else:
             dmax = group["query_class"].shape[1]
             assert dmax == 16
-            assert len(out["dn_outputs"]) == 3
+            assert len(out["dn_outputs"]) == 2
             for a in out["dn_outputs"]:
                 assert set(a) == keys6
                 assert a["pred_logits"].shape == (2, dmax, c) and a["pred_corners"].shape == (2, dmax, r)
@@ -294,27 +310,21 @@ def test_train_structure_and_semantics():
             np.testing.assert_allclose(out["pred_logits"], nodn["pred_logits"], atol=1e-5)
             np.testing.assert_allclose(out["pred_boxes"], nodn["pred_boxes"], atol=1e-6)
 
-    # eval: only the output layer, same values as train mode's last layer (no BatchNorm on these inputs aside
-    # from input_proj_1, whose running stats differ: compare with a 16/16 config instead)
-    cfg = dict(TINY, feat_channels=(16, 16))
-    m2 = DFINETransformer(**cfg)
-    f2 = [feats[0], feats[1][..., :16]]
-    v2 = {"params": _perturb(m2.init(jax.random.PRNGKey(1), f2, train=False)["params"], 1)}
-    ev = m2.apply(v2, f2, train=False)
-    tr = m2.apply(v2, f2, train=True)
+    # eval: only the output layer; equals train mode's last layer (no BatchNorm in this config)
+    ev = jax.jit(lambda v, f: model.apply(v, f, train=False))(variables, feats)
     assert set(ev) == {"pred_logits", "pred_boxes", "enc_topk_indices"}
-    np.testing.assert_allclose(ev["pred_logits"], tr["pred_logits"], atol=1e-5)
-    np.testing.assert_allclose(ev["pred_boxes"], tr["pred_boxes"], atol=1e-6)
+    np.testing.assert_allclose(ev["pred_logits"], nodn["pred_logits"], atol=1e-5)
+    np.testing.assert_allclose(ev["pred_boxes"], nodn["pred_boxes"], atol=1e-6)
     # eval_idx = 0 stops after the first layer
-    m3 = DFINETransformer(**dict(cfg, eval_idx=0))
-    ev0 = m3.apply(v2, f2, train=False)
-    np.testing.assert_allclose(ev0["pred_logits"], tr["aux_outputs"][0]["pred_logits"], atol=1e-5)
+    m0 = DFINETransformer(**dict(TINY, eval_idx=0))
+    ev0 = jax.jit(lambda v, f: m0.apply(v, f, train=False))(variables, feats)
+    np.testing.assert_allclose(ev0["pred_logits"], nodn["aux_outputs"][0]["pred_logits"], atol=1e-5)
 
 
 def test_train_gradients_finite_with_invalid_slots():
     model = DFINETransformer(**TINY)
     feats = _tiny_inputs()
-    variables = model.init(jax.random.PRNGKey(0), feats, train=False)
+    variables = jax.jit(lambda f: model.init(jax.random.PRNGKey(0), f, train=False))(feats)
     # max_gt = 1 -> G = 8, 16 valid slots out of 20: four invalid slots
     group = denoising.make_contrastive_group(jax.random.PRNGKey(3), jnp.array([[1, 2], [3, 0]]),
                                              jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]],
@@ -324,8 +334,7 @@ def test_train_gradients_finite_with_invalid_slots():
     assert int(jnp.sum(group["valid"])) == 16
 
     def loss(p):
-        out, _ = model.apply({"params": p, "batch_stats": variables["batch_stats"]}, feats, train=True,
-                             dn_group=group, mutable=["batch_stats"])
+        out = model.apply({"params": p}, feats, train=True, dn_group=group)
         t = sum(jnp.sum(o["pred_logits"] ** 2) + jnp.sum(o["pred_boxes"]) for o in out["dn_outputs"])
         return t + jnp.sum(out["pred_logits"] ** 2) + jnp.sum(out["enc_aux_outputs"][0]["pred_boxes"])
 
