@@ -17,16 +17,17 @@ No gradient flows through it (``stop_gradient`` on the input, integer output).
 
 Methods (``method=``):
 
-* ``'device'``: on-device exact solver, a shortest-augmenting-path (Jonker-Volgenant
-  / Crouse) algorithm with dual potentials, written as ONE flat ``lax.while_loop``
-  state machine per problem (each iteration is either a Dijkstra step, an O(Q)
-  vector update, or one step of flipping the augmenting path).  The problem is
-  oriented so that the side that is fully assigned is the row side: normally the
-  real targets (one augmentation per *valid* target, so the loop bound depends on
-  the real target count, not on ``max_boxes``); when ``M_valid > Q`` the queries.
-  Costs are float32; before solving, each row is shifted by its minimum (does not
-  change the optimum, removes large offsets).  Under ``vmap`` the loop runs until
-  the slowest problem of the batch is done; the others are masked.
+* ``'device'``: on-device exact solver, shortest augmenting path (Jonker-Volgenant /
+  Crouse, the algorithm behind scipy's ``linear_sum_assignment``) with dual
+  potentials, vmapped over all problems and written as one ``lax.while_loop`` whose
+  iteration is one Dijkstra step (O(Q) vector work) of every problem; reaching a
+  free column flips the augmenting path in a cheap inner loop.  The problem is
+  oriented so that the fully assigned side is the row side: normally the real
+  targets (one augmentation per *valid* target, so the loop count depends on the
+  real target count, not on ``max_boxes``); when ``M_valid > Q`` the queries (that
+  solver is compiled in but only runs when some problem of the call needs it).
+  float32 throughout.  Under ``vmap`` the loop runs until the slowest problem of
+  the call is done; finished problems are masked.
 * ``'scipy'``: host ``scipy.optimize.linear_sum_assignment`` through
   ``jax.pure_callback`` (``vmap_method='broadcast_all'``); padded columns are stripped
   on the host.  Use :func:`assign_sharded` under a data-parallel mesh so that every
@@ -34,21 +35,32 @@ Methods (``method=``):
 * ``'auto'`` (default): ``'scipy'`` when the default backend is CPU, ``'device'``
   on GPU/TPU.
 
-Measured on this machine (2 shared AMD EPYC cores, jax 0.10.2 CPU; DEIM workload:
-batch 8 x 8 outputs, 300 queries; see ``benchmarks/results/matcher_cpu.md``):
-MEASURED_NUMBERS_PLACEHOLDER
+Measured with ``python benchmarks/matcher.py`` on this machine (2 AMD EPYC cores
+shared with other jobs, load average 8-11 during the runs, so absolute numbers are
+noisy; the two methods are interleaved so the ratio is fairer; jax 0.10.2 CPU).
+Matching time per train step, 8 outputs x batch 8 x 300 queries, max_boxes 300,
+DETR-like costs from random predictions, jitted, median:
 
-Why the choice by backend: on a CPU backend the "device" is the host, so the
-callback costs no transfer, and scipy's compiled C loop (per-problem, sequential,
-no masking) does less work than a batched XLA ``while_loop`` whose every iteration
-is several small kernels with per-op dispatch overhead and runs until the slowest
-of the 64 problems finishes.  On GPU/TPU the callback forces a device->host copy of
-the whole ``[K, B, Q, M]`` cost tensor, a host sync that stalls the step pipeline,
-a Python loop over K*B problems and a host->device copy back, every step; the
-on-device solver keeps the step fully asynchronous, solves all problems in
-parallel lanes, and its latency-bound loop is O(sum of augmenting-path lengths)
-iterations of tiny vector ops, which is where accelerators win (not measured here:
-no accelerator was available to this work).
+    targets/image   device (ms)   scipy callback (ms)   device/scipy
+    10              4.2 - 13.7    4.8 - 15.9            0.86 - 0.89x
+    50              16.6 - 40.4   16.7 - 41.0           0.99 - 1.00x
+    200             85 - 112      89 - 92               0.96 - 1.23x
+
+So on CPU the device solver is on par with scipy (slightly faster with few
+targets, up to ~1.2x slower with 200), and ``'auto'`` keeps scipy on CPU so that
+the default is never slower than scipy there.  Why it does not clearly win on CPU:
+here the "device" is the host, so the callback pays no transfer; scipy's C loop
+scans only the columns not yet in the Dijkstra tree and stops each problem as
+soon as it is solved, while the vectorised XLA loop touches all Q columns of all
+64 problems every step (branch-free), runs until the slowest problem is done,
+and reads each target row of a [Q, M] cost with a strided gather.  Where it should
+win: GPU/TPU.  There the callback forces, every step, a device->host copy of the
+whole [K, B, Q, M] cost tensor and a host sync that stalls the asynchronous
+step pipeline, a Python loop over K*B problems, and a host->device copy back
+(and on multi-host TPU a callback per host); the on-device solver keeps the step
+on device and asynchronous, solves the 64 problems in parallel lanes, and its
+loop of a few hundred tiny vector steps is latency-bound, which accelerators
+handle well.  (No accelerator was available to this work: not measured.)
 
 Non-finite costs are sanitized first in both methods (:func:`sanitize_cost`):
 NaN -> 1.0 (like the reference ``nan_to_num(C, nan=1.0)``), +-inf and magnitudes
