@@ -110,7 +110,10 @@ def test_leftover_tmp_dir_does_not_hide_last_good_checkpoint(tmp_path):
     with CheckpointManager(str(root)) as m:
         assert m.latest_step() == 1 and m.all_steps() == [1]
         _assert_identical(m.restore(target=state)["train"], state)
-    assert not tmp.exists()  # cleaned up by the next manager
+        assert tmp.exists()  # a manager that only reads deletes nothing
+        m.save(2, state)
+        assert m.all_steps() == [1, 2]
+    assert not tmp.exists()  # the first save of the next writer removed the leftover
 
 
 _KILL_SCRIPT = textwrap.dedent("""
@@ -134,8 +137,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     with CheckpointManager(root) as m:
-        steps = m.all_steps()
-        assert 1 in steps
+        assert 1 in m.all_steps()
         target = {"w": np.zeros((1000,), np.float32)}
         r = m.restore(1, target=target)
         np.testing.assert_array_equal(r["train"]["w"], np.full((1000,), 1.0, np.float32))
@@ -145,6 +147,10 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
             assert float(np.asarray(r["train"]["w"])[0]) == 2.0 and r["train"]["big"].shape == (16, 1024, 1024)
         else:
             assert latest == 1
+            r = m.restore()  # latest (no target) is the previous good checkpoint
+            np.testing.assert_array_equal(r["train"]["w"], np.full((1000,), 1.0, np.float32))
+        m.save(3, {"w": np.full((1000,), 3.0, np.float32)})  # the next writer works and cleans up
+        assert m.latest_step() == 3
     assert not [p for p in os.listdir(root) if "tmp" in p]
 
 
@@ -164,6 +170,9 @@ _SHARDED_RESTORE = textwrap.dedent("""
     assert w.addressable_shards[0].data.shape == (4, 6)
     np.testing.assert_array_equal(np.asarray(w), np.arange(48, dtype=np.float32).reshape(8, 6))
     np.testing.assert_array_equal(np.asarray(b), np.ones(6, np.float32))
+    m = CheckpointManager({root!r})
+    m.save(4, {{"w": w * 2, "b": b}})  # saved sharded over 2 devices
+    m.close()
     print("OK")
 """)
 
@@ -176,3 +185,14 @@ def test_restore_on_different_device_count(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _SHARDED_RESTORE.format(repo=REPO, root=root)],
                           capture_output=True, timeout=120, env=env)
     assert proc.returncode == 0 and b"OK" in proc.stdout, proc.stderr.decode()[-3000:]
+    # and back: a checkpoint written sharded over 2 devices, restored here on 1
+    want = np.arange(48, dtype=np.float32).reshape(8, 6) * 2
+    with CheckpointManager(root) as m:
+        assert m.latest_step() == 4
+        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = {"w": jax.ShapeDtypeStruct((8, 6), jnp.float32, sharding=dev),
+                  "b": jax.ShapeDtypeStruct((6,), jnp.float32, sharding=dev)}
+        r = m.restore(target=target)
+        assert r["train"]["w"].sharding == dev
+        np.testing.assert_array_equal(np.asarray(r["train"]["w"]), want)
+        np.testing.assert_array_equal(np.asarray(m.restore()["train"]["w"]), want)  # no target: host arrays

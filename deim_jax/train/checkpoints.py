@@ -14,12 +14,13 @@ higher is better by default); checkpoints saved without that metric only count a
 
 Atomicity: orbax writes every checkpoint into a temporary directory and renames it into place once
 complete (after all items are written), so a save killed mid-way leaves at most a
-``*.orbax-checkpoint-tmp-*`` directory that ``latest_step`` ignores and the next manager removes (``_remove_partial_saves``);
+``<step>.orbax-checkpoint-tmp*`` directory that ``latest_step`` ignores and that the first ``save`` of
+the next manager removes (``_remove_partial_saves``; a manager that only reads never deletes);
 the previous checkpoint stays intact.
 
 Restoring on another device count / mesh: pass ``target`` (a pytree like the saved one, of arrays
 or ``jax.ShapeDtypeStruct`` with a ``sharding``); each array is read straight into the target's
-sharding. Without a target arrays come back as they were saved (numpy / single-device arrays).
+sharding. Without a target arrays come back as host numpy arrays in plain nested dicts/lists.
 """
 
 from __future__ import annotations
@@ -78,14 +79,14 @@ class CheckpointManager:
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
         self.best_mode = best_mode
-        _remove_partial_saves(self.directory)
+        self._cleaned = False
         policies = [ocm.LatestN(n=max_to_keep)]
         if best_metric is not None:
             policies.append(ocm.BestN(get_metric_fn=self._metric_value, reverse=(best_mode == "min"), n=1,
                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=False,  # done by the first save(): a reader must not touch a live run
             enable_async_checkpointing=async_save,
             create=True,
         )
@@ -125,6 +126,9 @@ class CheckpointManager:
              metrics: Optional[Dict[str, float]] = None, force: bool = False) -> bool:
         """Save a checkpoint for ``step`` (an int). ``metrics`` (e.g. ``{'AP': 0.41}``) drive best-retention."""
         step = int(step)
+        if not self._cleaned:
+            _remove_partial_saves(self.directory)
+            self._cleaned = True
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         state = {"train": train_state, "data": data_state if data_state is not None else {}}
         saved = self._mngr.save(
@@ -157,8 +161,9 @@ class CheckpointManager:
                 meta = self._mngr.item_metadata(step)["state"]
                 abstract["data"] = _abstract_from_metadata(meta["data"]) if meta is not None else {}
             state_args = ocp.args.StandardRestore(abstract)
-        else:
-            state_args = ocp.args.StandardRestore()
+        else:  # host numpy arrays: works whatever device count / sharding the checkpoint was saved with
+            meta = self._mngr.item_metadata(step)["state"]
+            state_args = ocp.args.StandardRestore(_abstract_from_metadata(meta.tree if hasattr(meta, "tree") else meta))
         out = self._mngr.restore(
             step,
             args=ocp.args.Composite(state=state_args, config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()),
