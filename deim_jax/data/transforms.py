@@ -317,11 +317,16 @@ def mixup(batch, seed, prob: float = 0.5, active=True):
 
 
 def multiscale_scales(base_size: int = 640, base_size_repeat=None):
-    """Official ``scales`` list (duplicates kept: they set the probabilities)."""
+    """Official ``scales`` list (duplicates kept: they set the probabilities). Bases below 320
+    (demo runs) use the same relative range rounded to multiples of 8."""
     if base_size_repeat is None:
         return [base_size]
-    lo = [int(base_size * 0.75 / 32) * 32 + i * 32 for i in range(5)]
-    hi = [int(base_size * 1.25 / 32) * 32 - i * 32 for i in range(5)]
+    if base_size >= 320:     # official formula (exact for 640: 480..608, 800..672)
+        lo = [int(base_size * 0.75 / 32) * 32 + i * 32 for i in range(5)]
+        hi = [int(base_size * 1.25 / 32) * 32 - i * 32 for i in range(5)]
+    else:                    # small demo sizes: same relative range, multiples of 8
+        lo = [int(round(base_size * (0.75 + 0.05 * i) / 8)) * 8 for i in range(5)]
+        hi = [int(round(base_size * (1.25 - 0.05 * i) / 8)) * 8 for i in range(5)]
     return lo + [base_size] * int(base_size_repeat) + hi
 
 

@@ -1,0 +1,157 @@
+"""Train/eval pipelines on a tiny generated demo set: determinism, exact resume, epoch policy,
+multi-process sharding, bad files, eval padding."""
+
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from deim_jax import data
+from deim_jax.data import demo, pipeline
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = str(tmp_path_factory.mktemp("demo"))
+    demo.generate(r, num_train=24, num_val=10, seed=1)
+    return r
+
+
+def make_config(root, **kw):
+    c = ml_collections.ConfigDict()
+    c.num_classes = 4
+    c.data = data.demo_data_config(root, batch_size=4, image_size=64, epochs=(1, 2, 3))
+    c.data.base_size_repeat = 2
+    c.data.num_parallel_calls = 2
+    for k, v in kw.items():
+        c.data[k] = v
+    return c
+
+
+def take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def same(a, b):
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_determinism_and_exact_resume(root):
+    c = make_config(root)
+    # 24 images / batch 4 = 6 steps per epoch; 9 batches cross epochs 1 -> 2 (mosaic, mixup, multi-scale on)
+    start = dict(epoch=1, pos=0, step_in_epoch=0)
+    a = data.build_train_iterator(c, seed=0, state=start)
+    ref = take(a, 9)
+    assert ref[0]["image"].dtype == np.float32 and ref[0]["boxes"].shape == (4, 32, 4)
+    assert {b["image"].shape[1] for b in ref} <= {48, 56, 64, 72, 80}
+    assert [int(b["epoch"][0]) for b in ref] == [1] * 6 + [2] * 3
+    b = data.build_train_iterator(c, seed=0, state=start)
+    resumed_first = take(b, 3)
+    assert all(same(x, y) for x, y in zip(ref[:3], resumed_first))
+    state = b.get_state()
+    assert state == dict(epoch=1, pos=12, step_in_epoch=3)
+    r = data.build_train_iterator(c, seed=0, state=state)
+    assert all(same(x, y) for x, y in zip(ref[3:], take(r, 6)))
+    # start_step is the same position when nothing failed to decode
+    s = data.build_train_iterator(c, seed=0, start_step=6 + 4)
+    assert same(ref[4], next(s))
+    other = next(data.build_train_iterator(c, seed=1, state=start))
+    assert not np.array_equal(other["image"], ref[0]["image"])
+    for bt in ref:
+        m = bt["mask"]
+        assert np.all(bt["boxes"][~m] == 0)
+        bx = bt["boxes"][m]
+        assert np.all(bx[:, 2:] > 0) and np.all(bx[:, :2] >= 0) and np.all(bx[:, :2] <= 1)
+        assert np.all(bt["labels"][m] < 4) and 0 <= bt["image"].min() and bt["image"].max() <= 1
+
+
+def test_no_aug_epoch_keeps_geometry(root):
+    """Epoch < e0: only flip + resize, so boxes are the annotations scaled to 64x64 (maybe mirrored)."""
+    c = make_config(root, max_boxes=32)
+    rec = data.load_split(c, "train")
+    it = data.build_train_iterator(c, seed=0, state=dict(epoch=0, pos=0, step_in_epoch=0), records=rec)
+    b = next(it)
+    idx = pipeline.epoch_shard(len(rec), 0, 0, 0, 1, 4, 6, 8)[:4]
+    for i in range(4):
+        gt, gl = rec.boxes_of(idx[i])
+        s = np.array([rec.widths[idx[i]], rec.heights[idx[i]]] * 2, np.float32)
+        g = gt / s
+        cxcywh = np.stack([(g[:, 0] + g[:, 2]) / 2, (g[:, 1] + g[:, 3]) / 2, g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], 1)
+        got = b["boxes"][i][b["mask"][i]]
+        ok = g[:, 2:] * 64 - g[:, :2] * 64 >= 1
+        exp = cxcywh[ok.all(1)]
+        flipped = exp.copy()
+        flipped[:, 0] = 1 - flipped[:, 0]
+        assert np.allclose(got, exp, atol=1e-5) or np.allclose(got, flipped, atol=1e-5)
+        np.testing.assert_array_equal(b["labels"][i][b["mask"][i]], gl[ok.all(1)])
+
+
+def test_max_boxes_overflow_counted(root):
+    c = make_config(root, max_boxes=2)
+    b = next(data.build_train_iterator(c, seed=0))
+    assert b["mask"].sum(1).max() <= 2 and b["num_dropped_boxes"].sum() > 0
+
+
+def test_multi_process_shards():
+    n, gb, steps = 50, 8, 50 // 8
+    shards = [pipeline.epoch_shard(n, 3, 5, p, 2, gb // 2, steps, 4)[: steps * gb // 2] for p in range(2)]
+    assert len(set(shards[0]) & set(shards[1])) == 0
+    assert len(set(shards[0]) | set(shards[1])) == steps * gb
+    np.testing.assert_array_equal(shards[0], pipeline.epoch_shard(n, 3, 5, 0, 2, 4, steps, 4)[: steps * 4])
+
+
+def test_multi_process_local_batches(root):
+    c = make_config(root)
+    its = [data.build_train_iterator(c, seed=0, process_index=p, process_count=2) for p in range(2)]
+    b0, b1 = next(its[0]), next(its[1])
+    assert b0["image"].shape[0] == 2 and b1["image"].shape[0] == 2
+    assert its[0].steps_per_epoch == its[1].steps_per_epoch == 6
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    g = data.global_batch({"labels": b0["labels"]}, NamedSharding(mesh, P("data")))
+    np.testing.assert_array_equal(np.asarray(g["labels"]), b0["labels"])
+
+
+def test_bad_files_do_not_stop_training(root, tmp_path):
+    r2 = str(tmp_path / "bad")
+    shutil.copytree(root, r2)
+    files = sorted(os.listdir(os.path.join(r2, "train")))
+    with open(os.path.join(r2, "train", files[0]), "wb") as f:
+        f.write(b"garbage, not a jpeg")
+    path = os.path.join(r2, "train", files[1])
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[: len(blob) // 3])             # truncated JPEG
+    os.remove(os.path.join(r2, "train", files[2]))               # missing file
+    c = make_config(r2)
+    it = data.build_train_iterator(c, seed=0)
+    assert it.steps_per_epoch == 23 // 4 and it.records.stats["missing_files"] == 1
+    batches = take(it, it.steps_per_epoch + 1)
+    assert [int(b["epoch"][0]) for b in batches] == [0] * it.steps_per_epoch + [1]
+
+
+def test_eval_every_image_once_with_padding(root, tmp_path):
+    c = make_config(root)
+    rec = data.load_split(c, "val")
+    seen = []
+    for p in range(2):
+        for b in data.build_eval_iterator(c, process_index=p, process_count=2, records=rec):
+            assert b["image"].shape == (2, 64, 64, 3)
+            seen += b["image_id"][b["valid"]].tolist()
+            assert np.all(b["image_id"][~b["valid"]] == -1)
+            assert np.all(b["orig_size"][b["valid"]] > 0)
+    assert sorted(seen) == sorted(rec.image_ids.tolist())
+    # a corrupt val image is kept in place with valid=False
+    r2 = str(tmp_path / "badval")
+    shutil.copytree(root, r2)
+    first = sorted(os.listdir(os.path.join(r2, "val")))[0]
+    open(os.path.join(r2, "val", first), "wb").write(b"\x89PNG broken")
+    c2 = make_config(r2)
+    out = list(data.build_eval_iterator(c2))
+    valid = np.concatenate([b["valid"] for b in out])
+    assert valid.tolist() == [False] + [True] * 9 + [False] * 2
+    with pytest.raises(FileNotFoundError):
+        os.remove(os.path.join(r2, "val", sorted(os.listdir(os.path.join(r2, "val")))[1]))
+        data.load_split(c2, "val")
