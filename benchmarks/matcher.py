@@ -2,8 +2,10 @@
 
 One train step's matching = cost [outputs=8, batch=8, queries=300, max_boxes] with
 10 / 50 / 200 real targets per image (the rest padding), DETR-like costs from
-``match_cost`` on random predictions.  Both methods are jitted; inputs live on the
-default device; each timing is the median over repeats (the two methods are
+``match_cost`` on random predictions.  Two tables: ``assign`` alone on a given cost,
+and ``match_cost`` + ``assign`` in one jit (the cost is computed on device in both
+cases; the scipy path then copies it to the host).  Everything is jitted; inputs live
+on the default device; each timing is the median over repeats (the two methods are
 interleaved so that load from other processes hits both alike).
 
     python benchmarks/matcher.py [--repeats 15] [--max-boxes 300] [--out benchmarks/results/matcher_cpu.md]
@@ -36,16 +38,36 @@ def _cpu_info() -> str:
         return f"{platform.processor()}, {os.cpu_count()} visible cores"
 
 
-def make_problem(rng, outputs, batch, queries, max_boxes, n_targets, num_classes=80):
+def make_inputs(rng, outputs, batch, queries, max_boxes, n_targets, num_classes=80):
+    """Random DEIM-like predictions for all outputs and padded targets (first n_targets valid)."""
     logits = rng.normal(size=(outputs, batch, queries, num_classes)).astype(np.float32) * 2 - 3
     pb = np.concatenate([rng.random((outputs, batch, queries, 2)),
-                         0.02 + 0.4 * rng.random((outputs, batch, queries, 2))], -1)
-    labels = rng.integers(0, num_classes, size=(batch, max_boxes))
-    tb = np.concatenate([rng.random((batch, max_boxes, 2)),
-                         0.02 + 0.4 * rng.random((batch, max_boxes, 2))], -1)
-    cost = matcher.match_cost(logits, pb.astype(np.float32), labels[None], tb[None].astype(np.float32))
+                         0.02 + 0.4 * rng.random((outputs, batch, queries, 2))], -1).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=(1, batch, max_boxes)).astype(np.int32)
+    tb = np.concatenate([rng.random((1, batch, max_boxes, 2)),
+                         0.02 + 0.4 * rng.random((1, batch, max_boxes, 2))], -1).astype(np.float32)
     mask = np.broadcast_to(np.arange(max_boxes) < n_targets, (outputs, batch, max_boxes))
-    return jax.device_put(cost), jax.device_put(jnp.asarray(mask))
+    return [jax.device_put(x) for x in (logits, pb, labels, tb, mask)]
+
+
+def _time(fns, args, repeats):
+    """Median wall time (ms) of each jitted fn, interleaved; also returns the outputs."""
+    outs = {m: jax.block_until_ready(f(*args)) for m, f in fns.items()}  # compile + warm up
+    times = {m: [] for m in fns}
+    for _ in range(repeats):
+        for m, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times[m].append(time.perf_counter() - t0)
+    return {m: 1e3 * float(np.median(t)) for m, t in times.items()}, outs
+
+
+def _table(title, rows):
+    return "\n".join([
+        title, "",
+        "| targets/image | device solver (ms) | scipy callback (ms) | device / scipy |",
+        "|---:|---:|---:|---:|",
+    ] + [f"| {n} | {d:.2f} | {s:.2f} | {r:.2f}x |" for n, d, s, r in rows])
 
 
 def main(argv=None):
@@ -60,43 +82,45 @@ def main(argv=None):
                                                    "results", "matcher_cpu.md"))
     args = ap.parse_args(argv)
 
-    fns = {m: jax.jit(lambda c, k, m=m: matcher.assign(c, k, method=m)) for m in ("device", "scipy")}
+    methods = ("device", "scipy")
+    solve = {m: jax.jit(lambda c, k, m=m: matcher.assign(c, k, method=m)) for m in methods}
+    step = {m: jax.jit(lambda lg, pb, lb, tb, k, m=m: matcher.assign(
+        matcher.match_cost(lg, pb, lb, tb), k, method=m)) for m in methods}
+    cost_fn = jax.jit(matcher.match_cost)
     rng = np.random.default_rng(0)
-    rows = []
+    rows_solve, rows_step = [], []
     for n in args.targets:
-        cost, mask = make_problem(rng, args.outputs, args.batch, args.queries, args.max_boxes, n)
-        outs = {m: f(cost, mask).block_until_ready() for m, f in fns.items()}  # compile + warm up
-        tot = {m: np.asarray(matcher.matched_cost(cost, o)).sum() for m, o in outs.items()}
+        lg, pb, lb, tb, mask = make_inputs(rng, args.outputs, args.batch, args.queries, args.max_boxes, n)
+        cost = jax.block_until_ready(cost_fn(lg, pb, lb, tb))
+        med, outs = _time(solve, (cost, mask), args.repeats)
+        tot = {m: float(np.asarray(matcher.matched_cost(cost, o)).sum()) for m, o in outs.items()}
         assert abs(tot["device"] - tot["scipy"]) <= 1e-5 * abs(tot["scipy"]) + 1e-3, tot
-        times = {m: [] for m in fns}
-        for _ in range(args.repeats):
-            for m, f in fns.items():
-                t0 = time.perf_counter()
-                f(cost, mask).block_until_ready()
-                times[m].append(time.perf_counter() - t0)
-        med = {m: 1e3 * float(np.median(t)) for m, t in times.items()}
-        rows.append((n, med["device"], med["scipy"], med["device"] / med["scipy"]))
-        print(f"targets={n}: device {med['device']:.2f} ms, scipy {med['scipy']:.2f} ms", flush=True)
+        rows_solve.append((n, med["device"], med["scipy"], med["device"] / med["scipy"]))
+        med2, _ = _time(step, (lg, pb, lb, tb, mask), args.repeats)
+        rows_step.append((n, med2["device"], med2["scipy"], med2["device"] / med2["scipy"]))
+        print(f"targets={n}: assign device {med['device']:.2f} ms, scipy {med['scipy']:.2f} ms; "
+              f"match_cost+assign device {med2['device']:.2f} ms, scipy {med2['scipy']:.2f} ms", flush=True)
 
     shape = f"{args.outputs} outputs x batch {args.batch} x {args.queries} queries x max_boxes {args.max_boxes}"
-    lines = [
-        f"Matcher time per train step ({shape}), jitted, median of {args.repeats} repeats.",
-        "",
-        "| targets/image | device solver (ms) | scipy callback (ms) | device / scipy |",
-        "|---:|---:|---:|---:|",
-    ] + [f"| {n} | {d:.2f} | {s:.2f} | {r:.2f}x |" for n, d, s, r in rows]
-    table = "\n".join(lines)
+    table = (_table(f"`assign` only, cost given ({shape}); jitted, median of {args.repeats} interleaved repeats.",
+                    rows_solve) + "\n\n" +
+             _table("`match_cost` + `assign` in one jit (what a train step does); same shapes.", rows_step))
     print(table)
+    try:
+        load = "load average %.1f %.1f %.1f" % os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = "load average n/a"
     header = (f"# Matcher benchmark ({jax.default_backend()} backend)\n\n"
               f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
-              f"- machine: {_cpu_info()}; jax {jax.__version__}; devices {jax.devices()}\n"
+              f"- machine: {_cpu_info()}; {load} at the end of the run; jax {jax.__version__}; "
+              f"devices {jax.devices()}\n"
               f"- command: `python benchmarks/matcher.py` (default method on this backend: "
               f"`{matcher._resolve('auto')}`)\n\n")
     if args.out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as fh:
             fh.write(header + table + "\n")
-    return rows
+    return rows_solve, rows_step
 
 
 if __name__ == "__main__":
