@@ -91,7 +91,7 @@ def _trainable_names(model):
 def test_group_membership_exact(model):
     d = _load(model)
     cfg = _cfg(d)
-    manifest, names = _trainable_names(model)
+    _, names = _trainable_names(model)
     groups = d["optimizer"]["param_groups"]
     regexes = [g["regex"] for g in groups if g["regex"]]
     idx = opt_lib.assign_groups(names, regexes)
@@ -99,12 +99,7 @@ def test_group_membership_exact(model):
         got = [n for n, i in zip(names, idx) if i == g]
         assert got == group["param_names"], (model, g)
     # the same through a Flax params tree (torch names derived from Flax paths) and the report
-    flat = {}
-    for n in names:
-        _, path = torch_key_to_flax(n, len(manifest[n]["shape"]))
-        flat[path] = jax.ShapeDtypeStruct(tuple(manifest[n]["shape"]), jnp.float32)
-    params = traverse_util.unflatten_dict(flat)
-    rows = opt_lib.param_group_report(params, cfg)
+    rows = opt_lib.param_group_report(_manifest_params(model), cfg)
     for g, group in enumerate(groups):
         assert sorted(rows[g]["names"]) == sorted(group["param_names"])
         assert rows[g]["num_params"] == group["num_params"] and rows[g]["numel"] == group["numel"]
@@ -196,3 +191,34 @@ def test_adamw_matches_torch_with_groups_clip_and_schedule():
     for p, param in tp.items():
         np.testing.assert_allclose(got[p], param.detach().numpy(), rtol=0, atol=1e-6, err_msg=str(p))
         assert not np.allclose(got[p], flat[p])
+
+
+def _manifest_params(model):
+    manifest, names = _trainable_names(model)
+    flat = {}
+    for n in names:
+        _, path = torch_key_to_flax(n, len(manifest[n]["shape"]))
+        flat[path] = jax.ShapeDtypeStruct(tuple(manifest[n]["shape"]), jnp.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+def test_repo_configs_reproduce_official_groups_and_lrs():
+    """The repo's dfine_n / dfine_l configs through build_optimizer give the official groups and lrs."""
+    from deim_jax.configs import get_config
+
+    for model in ("n", "l"):
+        d = _load(model)
+        cfg = get_config(f"dfine_{model}")
+        params = _manifest_params(model)
+        rows = opt_lib.param_group_report(params, cfg)
+        for g, group in enumerate(d["optimizer"]["param_groups"]):
+            assert sorted(rows[g]["names"]) == sorted(group["param_names"]), (model, g)
+            assert (rows[g]["lr"], rows[g]["weight_decay"]) == (group["lr"], group["weight_decay"])
+        iters = d["assumptions"]["iter_per_epoch"]
+        tx = opt_lib.build_optimizer(cfg, params, iters_per_epoch=iters)
+        jax.eval_shape(tx.init, params)  # builds for the full model without allocating it
+        for g, group in enumerate(d["optimizer"]["param_groups"]):
+            its = np.array([e["iter"] for e in d["iterations"]])
+            ref = np.array([e["lr_used_by_optimizer_step"][g] for e in d["iterations"]])
+            got = sched_lib.lr_used_at_step(its, group["lr"], cfg.schedule, iters, int(cfg.epochs))
+            np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-6, atol=0)
