@@ -222,3 +222,11 @@ def test_repo_configs_reproduce_official_groups_and_lrs():
             ref = np.array([e["lr_used_by_optimizer_step"][g] for e in d["iterations"]])
             got = sched_lib.lr_used_at_step(its, group["lr"], cfg.schedule, iters, int(cfg.epochs))
             np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-6, atol=0)
+
+
+def test_linear_warmup_schedule_of_the_dfine_baseline():
+    """D-FINE's LinearWarmup(500), stepped after every optimizer step: step t uses lr0 * min(1, (t + 1) / 500)."""
+    cfg = dict(name="linear_warmup", warmup_iter=500, first_step_divisor=500)
+    t = np.array([0, 1, 2, 249, 498, 499, 500, 10_000])
+    got = np.asarray(sched_lib.lr_used_at_step(t, 2.5e-4, cfg))
+    np.testing.assert_allclose(got, 2.5e-4 * np.minimum(1.0, (t + 1) / 500), rtol=1e-6, atol=0)
