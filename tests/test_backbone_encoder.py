@@ -363,3 +363,19 @@ def test_freeze_norm_and_filter():
     none = frozen_param_filter(dict(freeze_at=-1, freeze_norm=False, freeze_stem_only=True))
     assert not any(none(p) for p, _ in jax.tree_util.tree_flatten_with_path(v["params"])[0])
     assert any(f(p) for p, _ in jax.tree_util.tree_flatten_with_path(v["params"])[0])
+
+
+def test_architecture_table_is_consistent():
+    """Each stage's input width is the previous stage's (or the stem's) output width, for every variant."""
+    from deim_jax.models.hgnetv2 import ARCH_CONFIGS
+
+    assert {"B0", "B2", "B4", "B5"} <= set(ARCH_CONFIGS)
+    for name, arch in ARCH_CONFIGS.items():
+        prev = arch["stem"][2]
+        assert arch["stem"][0] == 3
+        for i, (cin, _, cout, nb, down, light, k, nl) in enumerate(arch["stages"]):
+            assert cin == prev, (name, i)
+            assert down == (i > 0) and light == (i >= 2) and k == (5 if i >= 2 else 3), (name, i)
+            prev = cout
+    with pytest.raises(ValueError, match="unknown HGNetv2 variant"):
+        out_channels("B9")

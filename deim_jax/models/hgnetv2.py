@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from deim_jax.models.layers import BatchNorm, Conv
 
 # Stage row: (in, mid, out, num_blocks, downsample, light_block, kernel, layer_num).
+# B0/B2/B4/B5 are the ones DEIM-D-FINE uses (deim_dfine.md §3.2, proven by parity/param counts);
+# B1/B3/B6 follow the official table (not exercised by any fixture).
 _ARCH: Dict[str, Dict[str, Any]] = {
     "B0": dict(
         stem=(3, 16, 16),
@@ -32,6 +34,15 @@ _ARCH: Dict[str, Dict[str, Any]] = {
             (512, 128, 1024, 1, True, True, 5, 3),
         ),
     ),
+    "B1": dict(
+        stem=(3, 24, 32),
+        stages=(
+            (32, 32, 64, 1, False, False, 3, 3),
+            (64, 48, 256, 1, True, False, 3, 3),
+            (256, 96, 512, 2, True, True, 5, 3),
+            (512, 192, 1024, 1, True, True, 5, 3),
+        ),
+    ),
     "B2": dict(
         stem=(3, 24, 32),
         stages=(
@@ -39,6 +50,15 @@ _ARCH: Dict[str, Dict[str, Any]] = {
             (96, 64, 384, 1, True, False, 3, 4),
             (384, 128, 768, 3, True, True, 5, 4),
             (768, 256, 1536, 1, True, True, 5, 4),
+        ),
+    ),
+    "B3": dict(
+        stem=(3, 24, 32),
+        stages=(
+            (32, 32, 128, 1, False, False, 3, 5),
+            (128, 64, 512, 1, True, False, 3, 5),
+            (512, 128, 1024, 3, True, True, 5, 5),
+            (1024, 256, 2048, 1, True, True, 5, 5),
         ),
     ),
     "B4": dict(
@@ -57,6 +77,15 @@ _ARCH: Dict[str, Dict[str, Any]] = {
             (128, 128, 512, 2, True, False, 3, 6),
             (512, 256, 1024, 5, True, True, 5, 6),
             (1024, 512, 2048, 2, True, True, 5, 6),
+        ),
+    ),
+    "B6": dict(
+        stem=(3, 48, 96),
+        stages=(
+            (96, 96, 192, 2, False, False, 3, 6),
+            (192, 192, 512, 3, True, False, 3, 6),
+            (512, 384, 1024, 6, True, True, 5, 6),
+            (1024, 768, 2048, 3, True, True, 5, 6),
         ),
     ),
 }
