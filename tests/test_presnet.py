@@ -155,7 +155,7 @@ def test_frozen_param_filter_counts_match_official_baseline():
     # Baseline R50 / R50-M / R101: freeze_at 0 (stem), FrozenBN everywhere (rtdetrv2.md §1.6):
     # torch counts R50 backbone params = 23,474,016 (BN affine are buffers), trainable = that - 28,512 (stem).
     v = abstract_backbone(50, size=64, freeze_at=0, freeze_norm=True)
-    mask = frozen_mask(v["params"], freeze_at=0, freeze_norm=True)
+    mask = frozen_mask(v["params"], PResNet(depth=50, freeze_at=0, freeze_norm=True))
     leaves = dict(_flat(v["params"]))
     flags = dict(_flat(mask))
     total = _count(v["params"])
@@ -164,14 +164,17 @@ def test_frozen_param_filter_counts_match_official_baseline():
     assert total - norm == 23_474_016
     assert total - frozen == 23_474_016 - 28_512
     # DEIM: nothing frozen
-    assert not any(dict(_flat(frozen_mask(v["params"]))).values())
+    assert not any(dict(_flat(frozen_mask(v["params"], {"freeze_at": -1, "freeze_norm": False}))).values())
     # freeze_at=2: stem + res_layers_0 + res_layers_1
-    pred = frozen_param_filter(freeze_at=2)
+    pred = frozen_param_filter({"freeze_at": 2})
     assert pred(("conv1", "conv1_2", "conv", "kernel"))
     assert pred(("res_layers_1", "blocks_0", "short", "conv", "conv", "kernel"))
     assert not pred(("res_layers_2", "blocks_0", "branch2a", "conv", "kernel"))
     assert not pred(("res_layers_2", "blocks_0", "branch2a", "norm", "scale"))
-    assert frozen_param_filter(freeze_norm=True)(("res_layers_2", "blocks_0", "branch2a", "norm", "scale"))
+    nf = frozen_param_filter({"freeze_norm": True})
+    assert nf(("params", "backbone", "res_layers_2", "blocks_0", "branch2a", "norm", "scale"))
+    assert not nf(("params", "backbone", "res_layers_2", "blocks_0", "branch2a", "conv", "kernel"))
+    assert not nf(("params", "encoder", "input_proj_0", "norm", "scale"))
 
 
 def test_frozen_stem_gets_no_gradient():

@@ -234,3 +234,75 @@ def test_discrete_sampler_matches_loop():
     feats = [jnp.ones((1, 8, 8, 16)), jnp.ones((1, 4, 4, 24))]
     shp = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), feats, train=False))
     assert "sampling_offsets" in shp["params"]["decoder"]["layers_0"]["cross_attn"]
+
+
+# parity/README.md, DEIM-RT-DETRv2 train tolerances for r18: logits atol ~3e-2, boxes ~1e-3
+_TRAIN_TOL = {"pred_logits": 3e-2, "pred_boxes": 1e-3}
+
+
+def test_train_parity_r18_full_model():
+    """Train-mode outputs of PResNet-18 + RT-DETRv2 HybridEncoder + this decoder (all BatchNorms on
+    batch statistics) vs train.npz: variant (a) without denoising, (b) fed the fixture's group."""
+    import importlib.util
+
+    if importlib.util.find_spec("deim_jax.models.hybrid_encoder") is None:
+        pytest.skip("deim_jax.models.hybrid_encoder not available yet")
+    from deim_jax.models.deim import DEIM
+    from deim_jax.models.hybrid_encoder import HybridEncoder
+    from deim_jax.models.presnet import PResNet
+
+    name = "rtdetrv2_r18"
+    ev, t = pu.load_npz(name, "eval.npz"), pu.load_npz(name, "train.npz")
+    variables = convert.raw_variables(pu.synth_state_dict(name))
+    model = DEIM(
+        backbone=PResNet(depth=18),
+        encoder=HybridEncoder(in_channels=(128, 256, 512), feat_strides=(8, 16, 32), hidden_dim=256,
+                              dim_feedforward=1024, use_encoder_idx=(2,), expansion=0.5, depth_mult=1.0,
+                              version="rtdetrv2"),
+        decoder=RTDETRTransformerv2(num_layers=3, **DEIM_ARGS),
+    )
+    images = jnp.asarray(np.transpose(ev["images"], (0, 2, 3, 1)))
+    n_dn = t["dn/dn_group/input_query_class"].shape[1]
+    group = {
+        "query_class": jnp.asarray(t["dn/dn_group/input_query_class"]),
+        "query_bbox_unact": jnp.asarray(t["dn/dn_group/input_query_bbox_unact"]),
+        "attn_mask": jnp.asarray(t["dn/dn_group/attn_mask"]),
+        "num_group": jnp.int32(t["dn/dn_group/dn_meta/dn_num_group"]),
+        "max_gt": jnp.int32(3),
+        "valid": jnp.ones((n_dn,), bool),
+    }
+    fwd = jax.jit(lambda v, x, g: model.apply(v, x, train=True, dn_group=g, mutable=["batch_stats"]))
+
+    def check(label, mine, ref, tol, idx=None):
+        mine = np.asarray(mine)
+        if idx is not None:
+            mine, ref = align(mine, idx[0]), align(ref, idx[1])
+        assert mine.shape == ref.shape, label
+        err = float(np.abs(mine - ref).max())
+        assert err <= tol, f"{label}: max abs diff {err} > {tol}"
+
+    for var, grp in (("nodn", None), ("dn", group)):
+        out, upd = fwd(variables, images, grp)
+        mi, ri = np.asarray(out["enc_topk_indices"]), t[f"{var}/enc_topk_indices"]
+        for b in range(2):
+            assert set(mi[b].tolist()) == set(ri[b].tolist()), f"{var}: top-k sets differ"
+        idx = (mi, ri)
+        for k, tol in _TRAIN_TOL.items():
+            check(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], tol, idx)
+            for i in range(2):
+                check(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"], tol, idx)
+            check(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"], tol, idx)
+        if grp is None:
+            assert "dn_outputs" not in out
+            for key in [k for k in t.files if k.startswith("nodn/bn_running_after/decoder.")]:
+                torch_key = key[len("nodn/bn_running_after/"):]
+                node = upd["batch_stats"]
+                for p in convert.torch_key_to_flax(torch_key, 1)[1]:
+                    node = node[p]
+                np.testing.assert_allclose(np.asarray(node), t[key], rtol=0, atol=1e-5, err_msg=torch_key)
+            continue
+        assert len(out["dn_outputs"]) == 3
+        for i in range(3):  # denoising queries have a fixed order
+            for k, tol in _TRAIN_TOL.items():
+                check(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], tol)
+        assert int(out["dn_meta"]["num_group"]) == 33

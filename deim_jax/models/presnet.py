@@ -186,32 +186,52 @@ class PResNet(nn.Module):
         return outs
 
 
-def frozen_param_filter(freeze_at: int = -1, freeze_norm: bool = False) -> Callable[[Tuple[str, ...]], bool]:
-    """Predicate over a param path *relative to the backbone* (e.g. ``('conv1', 'conv1_1', 'conv',
-    'kernel')``): True when the optimizer must not train it.
+def _get(cfg, key, default):
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
 
-    Mirrors the official rules: ``freeze_at >= 0`` freezes ``conv1`` and ``res_layers_{s}`` for
-    ``s < freeze_at``; ``freeze_norm`` turns every backbone BatchNorm into FrozenBatchNorm2d,
-    whose affine weights are buffers (never trained).
+
+def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
+    """Predicate ``path -> True if that backbone parameter is frozen`` (same API as HGNetv2's).
+
+    ``cfg_backbone``: the backbone config (ConfigDict/dict with ``freeze_at``, ``freeze_norm``) or
+    a :class:`PResNet`. ``path``: keys into the params tree, relative to the backbone
+    (``('conv1', 'conv1_1', 'conv', 'kernel')``) or from the model root (``('backbone', ...)``,
+    optionally under ``'params'``; paths in ``encoder`` / ``decoder`` are never frozen).
+    Official rules: ``freeze_at >= 0`` freezes ``conv1`` (stem) and ``res_layers_{s}`` for
+    ``s < freeze_at``; ``freeze_norm`` makes every backbone BatchNorm a FrozenBatchNorm2d whose
+    affine weights are buffers (never trained).
     """
-    frozen_stages = {f"res_layers_{s}" for s in range(max(freeze_at, 0))}
+    freeze_at = int(_get(cfg_backbone, "freeze_at", -1))
+    freeze_norm = bool(_get(cfg_backbone, "freeze_norm", False))
+    frozen_tops = set()
+    if freeze_at >= 0:
+        frozen_tops.add("conv1")
+        frozen_tops.update(f"res_layers_{s}" for s in range(freeze_at))
 
     def is_frozen(path: Tuple[str, ...]) -> bool:
-        path = tuple(str(p) for p in path)
+        path = tuple(str(getattr(p, "key", p)) for p in path)
+        if path and path[0] == "params":
+            path = path[1:]
+        if path and path[0] == "backbone":
+            path = path[1:]
+        elif path and path[0] in ("encoder", "decoder"):
+            return False
         if not path:
             return False
-        if freeze_at >= 0 and (path[0] == "conv1" or path[0] in frozen_stages):
+        if path[0] in frozen_tops:
             return True
-        if freeze_norm and len(path) >= 2 and path[-2] == "norm":
+        if freeze_norm and len(path) >= 2 and path[-2] == "norm" and path[-1] in ("scale", "bias"):
             return True
         return False
 
     return is_frozen
 
 
-def frozen_mask(backbone_params: Mapping, freeze_at: int = -1, freeze_norm: bool = False):
+def frozen_mask(backbone_params: Mapping, cfg_backbone):
     """Pytree of bools with the structure of ``backbone_params`` (True = frozen)."""
-    pred = frozen_param_filter(freeze_at, freeze_norm)
+    pred = frozen_param_filter(cfg_backbone)
 
     def walk(tree, prefix):
         return {k: walk(v, prefix + (k,)) if isinstance(v, Mapping) else pred(prefix + (k,)) for k, v in tree.items()}
