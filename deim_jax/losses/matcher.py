@@ -36,20 +36,25 @@ Methods (``method=``):
   on GPU/TPU.
 
 Measured with ``python benchmarks/matcher.py`` on this machine (2 AMD EPYC cores
-shared with other jobs, load average 8-11 during the runs, so absolute numbers are
-noisy; the two methods are interleaved so the ratio is fairer; jax 0.10.2 CPU).
-Matching time per train step, 8 outputs x batch 8 x 300 queries, max_boxes 300,
-DETR-like costs from random predictions, jitted, median:
+shared with other jobs, load average 8-11 during all runs, so absolute numbers are
+noisy and vary ~3x between runs; the two methods are interleaved so the ratio is
+fairer; jax 0.10.2 CPU).  8 outputs x batch 8 x 300 queries, max_boxes 300,
+DETR-like costs from random predictions, jitted, median; device/scipy ratio over
+three runs (ms of one run in brackets):
 
-    targets/image   device (ms)   scipy callback (ms)   device/scipy
-    10              4.2 - 13.7    4.8 - 15.9            0.86 - 0.89x
-    50              16.6 - 40.4   16.7 - 41.0           0.99 - 1.00x
-    200             85 - 112      89 - 92               0.96 - 1.23x
+    targets/image   assign only                      match_cost + assign (one jit)
+    10              0.86 - 1.37x  (4.2 vs 4.8 ms)    0.75 - 0.88x  (356 vs 405 ms)
+    50              0.99 - 1.12x  (16.6 vs 16.7 ms)  0.83x         (341 vs 409 ms)
+    200             0.90 - 1.23x  (85 vs 89 ms)      0.92x         (461 vs 502 ms)
 
-So on CPU the device solver is on par with scipy (slightly faster with few
-targets, up to ~1.2x slower with 200), and ``'auto'`` keeps scipy on CPU so that
-the default is never slower than scipy there.  Why it does not clearly win on CPU:
-here the "device" is the host, so the callback pays no transfer; scipy's C loop
+So on CPU the device solver alone is on par with scipy within the noise (between
+~0.9x and ~1.4x of scipy's time depending on the run), and a little faster when
+the cost is computed in the same jit (the callback then needs the cost
+materialized, a separate sanitize pass and a host copy, and blocks the program).
+``'auto'`` still keeps scipy on CPU, the conservative choice given the noisy
+solver-only ratios, so the default is never slower than scipy there.
+
+Why the device solver does not clearly win on CPU: here the "device" is the host, so the callback pays no transfer; scipy's C loop
 scans only the columns not yet in the Dijkstra tree and stops each problem as
 soon as it is solved, while the vectorised XLA loop touches all Q columns of all
 64 problems every step (branch-free), runs until the slowest problem is done,
