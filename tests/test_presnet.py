@@ -190,3 +190,27 @@ def test_frozen_stem_gets_no_gradient():
     assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree_util.tree_leaves(g["conv1"]))
     assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree_util.tree_leaves(g["res_layers_0"]))
     assert float(jnp.abs(g["res_layers_1"]["blocks_0"]["branch2a"]["conv"]["kernel"]).max()) > 0
+
+
+def test_r50_eval_parity_through_encoder():
+    """The r50 fixture keeps no backbone maps: run PResNet-50 (bottleneck blocks) + the RT-DETRv2
+    encoder on image 0 and compare the stored encoder maps."""
+    import importlib.util
+
+    if importlib.util.find_spec("deim_jax.models.hybrid_encoder") is None:
+        pytest.skip("deim_jax.models.hybrid_encoder not available yet")
+    from deim_jax.models.hybrid_encoder import HybridEncoder
+
+    name = "rtdetrv2_r50"
+    ev = pu.load_npz(name, "eval.npz")
+    raw = convert.raw_variables(pu.synth_state_dict(name))
+    sub = lambda k: {"params": raw["params"][k], "batch_stats": raw["batch_stats"][k]}  # noqa: E731
+    bb = PResNet(depth=50)
+    enc = HybridEncoder(in_channels=out_channels(50), feat_strides=(8, 16, 32), hidden_dim=256, dim_feedforward=1024,
+                        use_encoder_idx=(2,), expansion=1.0, depth_mult=1.0, version="rtdetrv2")
+    img = np.transpose(ev["images"][:1], (0, 2, 3, 1))
+    outs = jax.jit(lambda vb, ve, x: enc.apply(ve, bb.apply(vb, x, train=False), train=False))(
+        sub("backbone"), sub("encoder"), img)
+    for i, o in enumerate(outs):
+        ref = np.transpose(ev[f"encoder/{i}"][:1], (0, 2, 3, 1))
+        np.testing.assert_allclose(np.asarray(o), ref, rtol=0, atol=1e-4)
