@@ -116,6 +116,10 @@ def test_zero_one_and_max_targets(method):
     assert np.all(idx[0] == -1)
     assert (idx[1] >= 0).sum() == 1 and idx[1, np.argmin(cost[1, :, 4])] == 4
     _check(cost, mask, idx)
+    # degenerate static shapes: no target slots / no queries
+    assert np.all(np.asarray(matcher.assign(np.zeros((2, 5, 0), np.float32), np.zeros((2, 0), bool),
+                                            method=method)) == -1)
+    assert matcher.assign(np.zeros((2, 0, 4), np.float32), np.ones((2, 4), bool), method=method).shape == (2, 0)
     # square, all valid
     cost_sq = rng.random((50, M, M)).astype(np.float32)
     _check(cost_sq, np.ones((50, M), bool), _assign_jit[method](cost_sq, np.ones((50, M), bool)))

@@ -320,6 +320,8 @@ def assign(cost, target_mask, method: str = "auto"):
     cost = jnp.broadcast_to(cost, lead + (Q, M))
     mask = jnp.broadcast_to(mask, lead + (M,))
     method = _resolve(method)
+    if Q == 0 or M == 0:  # static: nothing to match
+        return jnp.full(lead + (Q,), -1, jnp.int32)
     if method == "scipy":
         return _assign_scipy(cost, mask)
     flat_c = cost.reshape((-1, Q, M))
