@@ -36,7 +36,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-_ITEMS = ("state", "config", "meta")
 
 
 def config_to_json(config: Any) -> Any:
