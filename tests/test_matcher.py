@@ -254,6 +254,12 @@ def test_match_cost_matches_numpy_reference():
     for b in range(n):
         np.testing.assert_allclose(got[b], _np_match_cost(logits[b], pb[b], labels[b], tb[b]),
                                    rtol=1e-5, atol=1e-5)
+    # several outputs [K, B, Q, C] against one set of targets [B, M] (criterion usage)
+    stacked = np.asarray(matcher.match_cost(np.stack([logits, logits[::-1]]), np.stack([pb, pb[::-1]]),
+                                            labels, tb))
+    np.testing.assert_array_equal(stacked[0], got)
+    np.testing.assert_allclose(stacked[1, 0], _np_match_cost(logits[-1], pb[-1], labels[0], tb[0]),
+                               rtol=1e-5, atol=1e-5)
     # degenerate (zero-size) boxes give NaN GIoU in the reference -> 1.0 after sanitizing
     tb0 = tb.copy()
     tb0[:, 0, 2:] = 0.0
