@@ -237,8 +237,11 @@ class TrainIterator:
         self.prefetch = int(_field(d, "prefetch", 2))
         self.tables = _Tables(records)
         self.state = dict(state)
-        self._ex_fn = train_example_fn(self.tables, self.pc, self.seed)
-        self._b_fn = train_batch_fn(self.pc, self.seed)
+        # traced once per iterator, reused by the per-epoch datasets
+        spec = tf.TensorSpec([], tf.int32)
+        self._ex_fn = tf.function(train_example_fn(self.tables, self.pc, self.seed),
+                                  input_signature=[spec, spec, spec])
+        self._b_fn = tf.function(train_batch_fn(self.pc, self.seed))
         self._it = None
 
     def _build(self):
@@ -284,6 +287,16 @@ class TrainIterator:
                 self._it = None
             return batch
 
+    def restore(self, state: dict):
+        """Continue from a ``get_state()`` dict (reuses the traced functions)."""
+        self.state = {k: int(v) for k, v in dict(state).items()}
+        self._it = None
+
+    def state_for_step(self, step: int) -> dict:
+        """The state of global step ``step`` (exact if no file failed to decode before it)."""
+        e, k = divmod(int(step), self.steps_per_epoch)
+        return dict(epoch=e, pos=k * self.local_batch, step_in_epoch=k)
+
     def get_state(self) -> dict:
         """Position of the next batch: {'epoch', 'pos', 'step_in_epoch'} (ints)."""
         return dict(self.state)
@@ -295,10 +308,7 @@ def build_train_iterator(config, seed: int = 0, start_step: int = 0, state: Opti
     records = records if records is not None else load_split(config, "train")
     it = TrainIterator(config, records, seed, dict(epoch=0, pos=0, step_in_epoch=0),
                        process_index, process_count)
-    if state is None:
-        e, k = divmod(int(start_step), it.steps_per_epoch)
-        state = dict(epoch=e, pos=k * it.local_batch, step_in_epoch=k)
-    it.state = {k: int(v) for k, v in dict(state).items()}
+    it.restore(state if state is not None else it.state_for_step(start_step))
     return it
 
 
