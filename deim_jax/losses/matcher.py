@@ -334,8 +334,9 @@ def assign_sharded(cost, target_mask, mesh, axis_name: str = "data", method: str
     """``assign`` under ``jax.shard_map``: each device solves its own shard of the batch.
 
     cost [..., Q, M] and target_mask [..., M] are split along ``batch_axis`` (a leading
-    axis, same position in both) over mesh axis ``axis_name``; the result [..., Q] is
-    sharded the same way.  With ``method='scipy'`` this gives one host callback per
+    axis, same position in both; give the mask cost's full leading shape, no
+    broadcasting here) over mesh axis ``axis_name``; the result [..., Q] is sharded
+    the same way.  With ``method='scipy'`` this gives one host callback per
     device on its local shard instead of gathering the whole batch to one device.
     """
     from jax.sharding import PartitionSpec as P
