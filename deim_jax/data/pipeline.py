@@ -12,7 +12,8 @@ Entry points::
 
 Train batch: ``image`` [B,H,W,3] float32 in [0,1]; ``boxes`` [B,max_boxes,4] normalized
 cxcywh; ``labels`` [B,max_boxes] int32; ``mask`` [B,max_boxes] bool; plus bookkeeping
-``num_dropped_boxes`` [B] int32 (boxes beyond max_boxes, log it), ``epoch`` [B], ``pos`` [B].
+``num_dropped_boxes`` [B] int32 (boxes beyond max_boxes, log it), ``mixup`` [B] bool,
+``epoch`` [B], ``pos`` [B].
 Eval batch: ``image``, ``boxes``/``labels``/``mask`` (eval size, unaugmented), ``image_id`` [B]
 int64, ``orig_size`` [B,2] (w, h) int32, ``valid`` [B] bool (False on padding).
 

@@ -311,9 +311,15 @@ def mixup(batch, seed, prob: float = 0.5, active=True):
             tf.cast(mask[:, mb:], tf.int32), axis=1)
         out["boxes"] = tf.where(out["mask"][..., None], out["boxes"], 0.0)
         out["labels"] = tf.where(out["mask"], out["labels"], 0)
+        out["mixup"] = tf.fill(tf.shape(mask)[:1], True)
         return out
 
-    return tf.cond(do, apply, lambda: dict(batch))
+    def skip():
+        out = dict(batch)
+        out["mixup"] = tf.fill(tf.shape(batch["mask"])[:1], False)
+        return out
+
+    return tf.cond(do, apply, skip)
 
 
 def multiscale_scales(base_size: int = 640, base_size_repeat=None):

@@ -64,9 +64,14 @@ def main(argv=None):
     it = data.build_train_iterator(config, seed=a.seed, state=dict(epoch=epoch, pos=0, step_in_epoch=0),
                                    records=records)
     batch = next(it)
+    for _ in range(10):           # prefer a batch with MixUp when the epoch has it
+        if batch["mixup"][0] or int(batch["epoch"][0]) >= int(config.data.mixup_epochs[1]):
+            break
+        batch = next(it)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     draw_batch(batch, records.category_names).save(a.out)
-    print(f"wrote {a.out} (epoch {epoch}, {int(batch['mask'].sum())} boxes)")
+    print(f"wrote {a.out} (epoch {epoch}, mixup {bool(batch['mixup'][0])}, "
+          f"{int(batch['mask'].sum())} boxes)")
 
 
 if __name__ == "__main__":
