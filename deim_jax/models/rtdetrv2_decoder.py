@@ -228,6 +228,10 @@ class RTDETRTransformerv2(nn.Module):
 
     DEIM recipe: ``activation='silu', mlp_act='silu', query_pos_method='as_reg'`` (query-position
     head 4 -> d -> d -> d); RT-DETRv2 baselines: ``'relu', 'relu', 'default'`` (4 -> 2d -> d).
+    Anchors and the valid mask are generated from the actual feature sizes (at ``eval_spatial_size``
+    they equal the official buffers), so ``eval_spatial_size`` is informational only.
+    ``cross_attn_method='discrete'`` (unused by the configs) samples the nearest pixel; the
+    optimizer must then keep ``sampling_offsets`` frozen, as the official code does.
     """
 
     num_classes: int = 80
