@@ -283,11 +283,57 @@ class Criterion:
         return jnp.maximum(n, 1.0)
 
     # -- losses ----------------------------------------------------------------------------
+    def _stacked_terms(self, outs, idx_cls, idx_box, n_cls, n_box, tl, tb, up, reg_scale,
+                       qv=None, local=False, ddf=False):
+        """Unweighted terms of K same-shaped outputs at once (one vmapped graph instead of K).
+
+        outs: list of K output dicts; idx_cls / idx_box: [K, B, Q]. Returns name -> [K] arrays;
+        DDF comes as its parts ('_m_pos', '_m_neg', '_differs') to be combined by the caller.
+        """
+        R = self.reg_max
+        keys = ["pred_logits", "pred_boxes"]
+        if local:
+            keys += ["pred_corners", "ref_points"]
+        st = {k: jnp.stack([jnp.asarray(o[k], jnp.float32) for o in outs]) for k in keys}
+        if ddf:
+            st["teacher_corners"] = jnp.stack([jnp.asarray(o.get("teacher_corners", o["pred_corners"]),
+                                                           jnp.float32) for o in outs])
+            st["teacher_logits"] = jnp.stack([jnp.asarray(o.get("teacher_logits", o["pred_logits"]),
+                                                          jnp.float32) for o in outs])
+
+        def one(a, ic, ib):
+            r = {}
+            for k in self.losses:
+                if k == "mal":
+                    r["loss_mal"] = loss_mal(a["pred_logits"], a["pred_boxes"], ic, tl, tb, n_cls,
+                                             gamma=self.gamma, alpha=self.mal_alpha, query_valid=qv)
+                elif k == "vfl":
+                    r["loss_vfl"] = loss_vfl(a["pred_logits"], a["pred_boxes"], ic, tl, tb, n_cls,
+                                             gamma=self.gamma, alpha=self.alpha, query_valid=qv)
+                elif k == "focal":
+                    r["loss_focal"] = loss_focal(a["pred_logits"], ic, tl, n_cls, query_valid=qv)
+                elif k == "boxes":
+                    r["loss_bbox"], r["loss_giou"] = loss_boxes(a["pred_boxes"], ib, tb, n_box)
+                elif k == "local" and local:
+                    r["loss_fgl"] = loss_fgl(a["pred_corners"], a["pred_boxes"], a["ref_points"], ib, tb,
+                                             n_box, up, reg_scale, R)
+                    if ddf:
+                        le, pos, neg, differs = ddf_terms(a["pred_corners"], a["teacher_corners"],
+                                                          a["teacher_logits"], a["pred_boxes"], ib, tb, R,
+                                                          self.distill_temperature, qv)
+                        r["_m_pos"] = _masked_mean(le, pos)
+                        r["_m_neg"] = _masked_mean(le, neg)
+                        r["_differs"] = differs
+            return r
+
+        return jax.vmap(one)(st, idx_cls, idx_box)
+
     def __call__(self, outputs, targets, matchings: Optional[Dict[str, Array]] = None):
         """outputs: model dict (§5.8 layout); targets: {'boxes','labels','mask'}.
 
         matchings: optional precomputed dict as returned by :meth:`match` (e.g. to feed fixed
-        matchings in tests); computed here when None.
+        matchings in tests); computed here when None. Same-shaped outputs (the decoder layers, the
+        denoising layers) are evaluated by one vmapped graph each, to keep compile time low.
         """
         if matchings is None:
             matchings = self.match(outputs, targets)
@@ -298,81 +344,74 @@ class Criterion:
         tb = jnp.asarray(targets["boxes"], jnp.float32)
         tmask = jnp.asarray(targets["mask"], bool)
         num_boxes = self._avg_count(jnp.sum(tmask))
-        go = matchings["union_go"]
+        go = jnp.asarray(matchings["union_go"], jnp.int32)
         num_boxes_go = self._avg_count(jnp.sum(go >= 0))
         up = outputs.get("up")
         reg_scale = outputs.get("reg_scale")
-        R = self.reg_max
         B = tl.shape[0]
-        result: Dict[str, Array] = {}
-        state = {}
-
-        def cls_loss(o, idx, n, qv=None):
-            kind = [k for k in self.losses if k in ("mal", "vfl", "focal")]
-            out = {}
-            for k in kind:
-                if k == "mal":
-                    out["loss_mal"] = loss_mal(o["pred_logits"], o["pred_boxes"], idx, tl, tb, n,
-                                               gamma=self.gamma, alpha=self.mal_alpha, query_valid=qv)
-                elif k == "vfl":
-                    out["loss_vfl"] = loss_vfl(o["pred_logits"], o["pred_boxes"], idx, tl, tb, n,
-                                               gamma=self.gamma, alpha=self.alpha, query_valid=qv)
-                else:
-                    out["loss_focal"] = loss_focal(o["pred_logits"], idx, tl, n, query_valid=qv)
-            return out
-
-        def group(o, suffix, idx_cls, idx_box, n_cls, n_box, is_dn=False, qv=None, ddf=True):
-            terms = {}
-            for k in self.losses:
-                if k in ("mal", "vfl", "focal"):
-                    terms.update(cls_loss(o, idx_cls, n_cls, qv))
-                elif k == "boxes":
-                    l1, lg = loss_boxes(o["pred_boxes"], idx_box, tb, n_box)
-                    terms["loss_bbox"], terms["loss_giou"] = l1, lg
-                elif k == "local" and o.get("pred_corners") is not None:
-                    terms["loss_fgl"] = loss_fgl(o["pred_corners"], o["pred_boxes"], o["ref_points"],
-                                                 idx_box, tb, n_box, up, reg_scale, R)
-                    if ddf and o.get("teacher_corners") is not None:
-                        le, pos, neg, differs = ddf_terms(o["pred_corners"], o["teacher_corners"],
-                                                          o["teacher_logits"], o["pred_boxes"], idx_box,
-                                                          tb, R, self.distill_temperature, qv)
-                        if not is_dn:
-                            scale = 8.0 / B
-                            state["num_pos"] = jnp.sqrt(jnp.sum(pos) * scale)
-                            state["num_neg"] = jnp.sqrt(jnp.sum(neg) * scale)
-                        terms["loss_ddf"] = ddf_combine(le, pos, neg, state["num_pos"],
-                                                        state["num_neg"], differs)
-            for k, v in terms.items():
-                result[k + suffix] = jnp.nan_to_num(v * w[k], nan=0.0)
-
         uni = self.use_uni_set
-
-        def box_idx(own):
-            return go if uni else own
-
         n_go = num_boxes_go if uni else num_boxes
-        group(outputs, "", matchings["final"], box_idx(matchings["final"]), num_boxes, n_go)
-        for i, a in enumerate(outputs.get("aux_outputs", []) or []):
-            own = matchings[f"aux_{i}"]
-            group(a, f"_aux_{i}", own, box_idx(own), num_boxes, n_go)
+        has_local = "local" in self.losses and outputs.get("pred_corners") is not None
+        terms: Dict[str, Array] = {}
+        ddf_parts: Dict[str, Any] = {}
+
+        def run(outs, suffixes, own, box, n_cls, n_box, qv=None, local=False, ddf_emit=None):
+            """Evaluate a stack; ddf_emit[k] says whether output k gets a DDF term."""
+            own = jnp.stack([jnp.asarray(i, jnp.int32) for i in own])
+            box = jnp.stack([jnp.asarray(i, jnp.int32) for i in box])
+            ddf = local and ddf_emit is not None and any(ddf_emit)
+            r = self._stacked_terms(outs, own, box, n_cls, n_box, tl, tb, up, reg_scale, qv, local, ddf)
+            for k, suf in enumerate(suffixes):
+                for name, v in r.items():
+                    if not name.startswith("_"):
+                        terms[name + suf] = v[k]
+                if ddf and ddf_emit[k]:
+                    ddf_parts["loss_ddf" + suf] = (r["_m_pos"][k], r["_m_neg"][k], r["_differs"][k])
+
+        # decoder layers: final + aux (same shapes)
+        dec = [outputs] + list(outputs.get("aux_outputs", []) or [])
+        dec_names = ["final"] + [f"aux_{i}" for i in range(len(dec) - 1)]
+        dec_suffix = [""] + [f"_aux_{i}" for i in range(len(dec) - 1)]
+        own = [matchings[n] for n in dec_names]
+        run(dec, dec_suffix, own, [go] * len(dec) if uni else own, num_boxes, n_go, local=has_local,
+            ddf_emit=[k > 0 and dec[k].get("teacher_corners") is not None for k in range(len(dec))])
+        # matched / unmatched edge counts of the union set (the reference takes them from the last
+        # non-DN output with a teacher; they are the same for every such output)
+        pos_cnt = jnp.sum(go >= 0) * 4
+        scale = 8.0 / B
+        num_pos = jnp.sqrt(pos_cnt * scale)
+        num_neg = jnp.sqrt((go.size * 4 - pos_cnt) * scale)
+        ddf_ok = bool(ddf_parts)
+
         if outputs.get("pre_outputs") is not None:
-            own = matchings["pre"]
-            group(outputs["pre_outputs"], "_pre", own, box_idx(own), num_boxes, n_go)
+            m = matchings["pre"]
+            run([outputs["pre_outputs"]], ["_pre"], [m], [go if uni else m], num_boxes, n_go)
         for i, a in enumerate(outputs.get("enc_aux_outputs", []) or []):
-            own = matchings[f"enc_{i}"]
-            group(a, f"_enc_{i}", own, box_idx(own), num_boxes, n_go)
+            m = matchings[f"enc_{i}"]
+            run([a], [f"_enc_{i}"], [m], [go if uni else m], num_boxes, n_go)
 
         if outputs.get("dn_outputs"):
             meta = outputs["dn_meta"]
-            dn_idx = matchings["dn"]
+            dn_idx = jnp.asarray(matchings["dn"], jnp.int32)
             qv = jnp.asarray(meta["valid"], bool)
             n_dn = num_boxes * jnp.asarray(meta["num_group"], jnp.float32)
-            L = len(outputs["dn_outputs"])
-            for i, a in enumerate(outputs["dn_outputs"]):
-                group(a, f"_dn_{i}", dn_idx, dn_idx, n_dn, n_dn, is_dn=True, qv=qv,
-                      ddf=(i < L - 1) and "num_pos" in state)
+            dn = list(outputs["dn_outputs"])
+            L = len(dn)
+            run(dn, [f"_dn_{i}" for i in range(L)], [dn_idx] * L, [dn_idx] * L, n_dn, n_dn, qv=qv,
+                local=has_local and dn[0].get("pred_corners") is not None,
+                ddf_emit=[ddf_ok and i < L - 1 and dn[i].get("teacher_corners") is not None
+                          for i in range(L)])
             if outputs.get("dn_pre_outputs") is not None:
-                group(outputs["dn_pre_outputs"], "_dn_pre", dn_idx, dn_idx, n_dn, n_dn, is_dn=True, qv=qv)
+                run([outputs["dn_pre_outputs"]], ["_dn_pre"], [dn_idx], [dn_idx], n_dn, n_dn, qv=qv)
+
+        for name, (m_pos, m_neg, differs) in ddf_parts.items():
+            val = (m_pos * num_pos + m_neg * num_neg) / (num_pos + num_neg)
+            terms[name] = jnp.where(differs, val, 0.0)
+
+        result: Dict[str, Array] = {}
+        for name, v in terms.items():
+            base = name if name in w else "_".join(name.split("_")[:2])
+            result[name] = jnp.nan_to_num(v * w[base], nan=0.0)
         return result
 
 
@@ -390,10 +429,10 @@ def build(cfg) -> Criterion:
             return default
         return default if v is None and default is not None else v
 
-    num_classes = 80
+    num_classes = get(cfg, "num_classes", None)
     model = get(cfg, "model", None)
-    if model is not None:
-        num_classes = get(model, "num_classes", 80)
+    if num_classes is None:
+        num_classes = get(model, "num_classes", 80) if model is not None else 80
     m = get(loss_cfg, "matcher", {}) or {}
     weights = get(loss_cfg, "weights", None)
     return Criterion(
