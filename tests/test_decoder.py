@@ -209,10 +209,11 @@ def _tiny_group(q):
     boxes = jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2], [0, 0, 0, 0]],
                        [[0.6, 0.4, 0.3, 0.3], [0, 0, 0, 0], [0, 0, 0, 0]]], jnp.float32)
     mask = jnp.array([[True, True, False], [True, False, False]])
-    return denoising.make_contrastive_group(jax.random.PRNGKey(3), labels, boxes, mask, num_classes=5,
-                                           num_denoising=8, num_queries=q)
+    return jax.jit(lambda k: denoising.make_contrastive_group(k, labels, boxes, mask, num_classes=5,
+                                                            num_denoising=8, num_queries=q))(jax.random.PRNGKey(3))
 
 
+@jax.jit
 def _perturb(params, seed=0):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
@@ -286,7 +287,7 @@ def test_train_structure_and_semantics():
         assert out["enc_aux_outputs"][0]["pred_logits"].shape == (2, q, c)
         assert out["enc_aux_outputs"][0]["pred_boxes"].shape == (2, q, 4)
         # pre logits come from score head 0 without LQE: aux_0 logits - pre logits is constant over classes
-        diff = np.asarray(out["aux_outputs"][0]["pred_logits"] - out["pre_outputs"]["pred_logits"])
+        diff = np.asarray(out["aux_outputs"][0]["pred_logits"]) - np.asarray(out["pre_outputs"]["pred_logits"])
         np.testing.assert_allclose(diff, np.broadcast_to(diff[..., :1], diff.shape), atol=1e-5)
         assert np.abs(diff).max() > 0
         for leaf in jax.tree_util.tree_leaves(out):
@@ -326,11 +327,11 @@ def test_train_gradients_finite_with_invalid_slots():
     feats = _tiny_inputs()
     variables = jax.jit(lambda f: model.init(jax.random.PRNGKey(0), f, train=False))(feats)
     # max_gt = 1 -> G = 8, 16 valid slots out of 20: four invalid slots
-    group = denoising.make_contrastive_group(jax.random.PRNGKey(3), jnp.array([[1, 2], [3, 0]]),
-                                             jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]],
-                                                        [[0.6, 0.4, 0.3, 0.3], [0, 0, 0, 0]]]),
-                                             jnp.array([[True, False], [True, False]]), num_classes=5,
-                                             num_denoising=8, max_slots=20, num_queries=10)
+    group = jax.jit(lambda k: denoising.make_contrastive_group(
+        k, jnp.array([[1, 2], [3, 0]]), jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]],
+                                                   [[0.6, 0.4, 0.3, 0.3], [0, 0, 0, 0]]]),
+        jnp.array([[True, False], [True, False]]), num_classes=5, num_denoising=8, max_slots=20,
+        num_queries=10))(jax.random.PRNGKey(3))
     assert int(jnp.sum(group["valid"])) == 16
 
     def loss(p):
