@@ -13,8 +13,9 @@ SanitizeBoundingBoxes -> /255 -> normalized cxcywh. Batch ops: ``mixup`` and
 
 Resize: the official resize is PIL bilinear with antialias; we use
 ``tf.image.resize(method='bilinear', antialias=True)`` and round to uint8. Measured against
-PIL on the demo images (tests/test_data_transforms.py): mean |diff| < 1 grey level,
-max a few levels at sharp edges when downscaling.
+PIL ``Image.resize(BILINEAR)`` on demo images and 640x480 JPEGs, up- and downscaling to
+320/640/1000: max |diff| = 1 grey level (rounding), mean 0.0003..0.15 levels
+(tests/test_data_transforms.py::test_resize_close_to_pil asserts max <= 1, mean < 0.3).
 """
 
 from __future__ import annotations
