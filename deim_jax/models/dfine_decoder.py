@@ -179,8 +179,11 @@ class DFINETransformer(nn.Module):
     Eval returns ``pred_logits`` [B, Q, C], ``pred_boxes`` [B, Q, 4], ``enc_topk_indices`` [B, Q];
     train additionally ``pred_corners``, ``ref_points``, ``up``, ``reg_scale``, ``aux_outputs``,
     ``pre_outputs``, ``enc_aux_outputs``, ``enc_meta`` and, with a group, ``dn_outputs``,
-    ``dn_pre_outputs``, ``dn_meta``. Anchors are generated from the actual feature sizes (at the
-    eval size they equal the official precomputed buffers).
+    ``dn_pre_outputs``, ``dn_meta`` (``num_group``, ``max_gt``, ``valid`` and, when the group has
+    them, ``positive`` [B, D_max] / ``target_index`` [B, D_max]). Anchors are generated from the
+    actual feature sizes (at the eval size they equal the official precomputed buffers up to one
+    float32 ulp of the log). ``return_debug=True`` adds ``debug`` = {enc_scores [B, S],
+    dec_init_content [B, Q, d], dec_init_ref_unact [B, Q, 4]} for the matching queries.
     """
 
     num_classes: int = 80
