@@ -163,11 +163,23 @@ def test_nonfinite_costs_are_sanitized(method):
     cost[2, :, 5] = -np.inf         # whole column -inf
     mask = _random_mask(rng, n, M)
     idx = _assign_jit[method](cost, mask)
-    clean = np.asarray(matcher.sanitize_cost(cost))
+    clean = np.asarray(matcher.sanitize_cost(cost, mask))
     assert np.all(np.isfinite(clean))
     np.testing.assert_array_equal(clean[np.isnan(cost)], 1.0)
-    np.testing.assert_array_equal(clean[np.isposinf(cost)], matcher.COST_BOUND)
+    fin = np.isfinite(cost)
+    np.testing.assert_array_equal(clean[fin], cost[fin])
+    # infinities become +-B_b per problem, B_b dominating any sum of its finite entries
+    big = np.abs(np.where(fin & mask[:, None, :], cost, 0)).max(axis=(1, 2))
+    for b in range(n):
+        vals = np.concatenate([clean[b][np.isposinf(cost[b])], -clean[b][np.isneginf(cost[b])]])
+        if vals.size:
+            assert np.all(vals == vals[0]) and vals[0] >= 2 * (big[b] + 1) * min(Q, M)
+    # every valid row/column entry finite and the solver exact on the sanitized matrix
+    # (tolerance from its finite, O(1..B) magnitudes)
     _check(clean, mask, idx)
+    # huge finite values are clipped to COST_BOUND
+    huge = np.asarray(matcher.sanitize_cost(np.array([[[3e12, -3e12, 1.0]]], np.float32)))
+    np.testing.assert_array_equal(huge, [[[matcher.COST_BOUND, -matcher.COST_BOUND, 1.0]]])
 
 
 def test_device_and_scipy_agree_and_batched_axes():

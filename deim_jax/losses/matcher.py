@@ -68,8 +68,9 @@ loop of a few hundred tiny vector steps is latency-bound, which accelerators
 handle well.  (No accelerator was available to this work: not measured.)
 
 Non-finite costs are sanitized first in both methods (:func:`sanitize_cost`):
-NaN -> 1.0 (like the reference ``nan_to_num(C, nan=1.0)``), +-inf and magnitudes
-above ``COST_BOUND`` clamped to +-``COST_BOUND``.
+NaN -> 1.0 (like the reference ``nan_to_num(C, nan=1.0)``), magnitudes above
+``COST_BOUND`` clamped, +-inf replaced by a per-problem finite bound that still
+dominates every finite assignment.  Both methods then solve the same finite matrix.
 """
 
 from __future__ import annotations
@@ -88,11 +89,25 @@ COST_BOUND = 1e10
 _METHODS = ("auto", "device", "scipy")
 
 
-def sanitize_cost(cost, bound: float = COST_BOUND):
-    """NaN -> 1.0, +-inf and |x| > bound -> +-bound (float32)."""
+def sanitize_cost(cost, target_mask=None, bound: float = COST_BOUND):
+    """Make a cost [..., Q, M] finite (float32) without changing what matters.
+
+    NaN -> 1.0 (as the reference); finite values are clipped to [-bound, bound];
+    +-inf -> +-B with B = min(bound, 2 * (max|finite valid entry| + 1) * (min(Q, M) + 1))
+    per problem: large enough that an assignment using fewer +inf (more -inf) entries
+    is always preferred, as the infinities demand, yet small enough that float32
+    potentials keep the precision of the finite entries (a fixed 1e10 sentinel would
+    swamp them).  ``target_mask`` [..., M] (optional) restricts the max to valid columns.
+    """
     cost = jnp.asarray(cost, jnp.float32)
     cost = jnp.where(jnp.isnan(cost), 1.0, cost)
-    return jnp.clip(cost, -bound, bound)
+    finite = jnp.isfinite(cost)
+    valid = finite if target_mask is None else finite & jnp.asarray(target_mask, bool)[..., None, :]
+    clipped = jnp.clip(cost, -bound, bound)
+    big = jnp.max(jnp.where(valid, jnp.abs(clipped), 0.0), axis=(-2, -1), keepdims=True)
+    n = min(cost.shape[-2], cost.shape[-1]) + 1
+    inf_val = jnp.minimum(bound, 2.0 * (big + 1.0) * n)
+    return jnp.where(finite, clipped, jnp.sign(cost) * inf_val)
 
 
 def match_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes,
@@ -313,12 +328,12 @@ def assign(cost, target_mask, method: str = "auto"):
     Entry q is the index (in 0..M-1) of the valid target matched to query q, or -1.
     Jit-able and vmappable; leading axes of cost and mask are broadcast together.
     """
-    cost = sanitize_cost(jax.lax.stop_gradient(cost))
+    cost = jnp.asarray(jax.lax.stop_gradient(cost), jnp.float32)
     mask = jnp.asarray(target_mask, bool)
     lead = jnp.broadcast_shapes(cost.shape[:-2], mask.shape[:-1])
     Q, M = cost.shape[-2:]
-    cost = jnp.broadcast_to(cost, lead + (Q, M))
     mask = jnp.broadcast_to(mask, lead + (M,))
+    cost = sanitize_cost(jnp.broadcast_to(cost, lead + (Q, M)), mask)
     method = _resolve(method)
     if Q == 0 or M == 0:  # static: nothing to match
         return jnp.full(lead + (Q,), -1, jnp.int32)
