@@ -9,6 +9,8 @@ with the lrs/epochs of the D-FINE repository's COCO configs.
 
 import ml_collections
 
+from deim_jax.data import defaults as data_defaults
+
 # size -> official values (deim_dfine.md §1.3 table).
 _SIZES = {
     "n": dict(
@@ -90,15 +92,6 @@ _DFINE_BASELINE = {
 }
 
 
-def _scales(base_size, repeat):
-    """Official multi-scale list: [480..608 step 32] + [base]*repeat + [800..672 step -32]."""
-    if repeat is None:
-        return (base_size,)
-    lo = tuple(range(int(base_size * 0.75), base_size, 32))
-    hi = tuple(range(int(base_size * 1.25), base_size, -32))
-    return lo + (base_size,) * repeat + hi
-
-
 def get_config(arg: str = "l") -> ml_collections.ConfigDict:
     parts = [p.strip() for p in (arg or "l").split(",")]
     size = parts[0]
@@ -111,7 +104,7 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
     c.recipe = recipe
     c.seed = 0
     c.num_classes = 80
-    c.remap_mscoco_category = True
+    c.remap_mscoco_category = ml_collections.FieldReference(True)
     c.eval_spatial_size = (640, 640)
     c.num_top_queries = 300
     c.compute_dtype = "float32"  # or "bfloat16" (float32 master weights)
@@ -204,9 +197,11 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
         ema_warmups = 1000
 
     c.epochs = epochs
-    c.batch_size = t["batch_size"]  # global
+    c.batch_size = ml_collections.FieldReference(t["batch_size"])  # global, over all devices and hosts
     c.eval_every_epochs = 1
-    c.checkpoint_every_epochs = 1
+    c.log_every_steps = 100
+    c.skip_nonfinite_steps = False  # True: skip a step whose loss/gradient is not finite (logged)
+    c.init_from = ""  # official .pth or a deim_jax checkpoint directory (fine-tuning)
     c.keep_checkpoints = 3
     c.optimizer = ml_collections.ConfigDict(
         dict(name="adamw", lr=lr, weight_decay=wd, betas=(0.9, 0.999), eps=1e-8, clip_norm=0.1,
@@ -215,23 +210,17 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
     c.schedule = ml_collections.ConfigDict(schedule)
     c.ema = ml_collections.ConfigDict(dict(enabled=True, decay=0.9999, warmups=ema_warmups,
                                            restart_decay=t["ema_restart_decay"]))
-    c.data = ml_collections.ConfigDict(
-        dict(
-            source="coco",
-            train=dict(images="data/coco/train2017", annotations="data/coco/annotations/instances_train2017.json"),
-            val=dict(images="data/coco/val2017", annotations="data/coco/annotations/instances_val2017.json"),
-            tfds_name="",
-            data_dir="",
-            image_size=640,
-            max_boxes=300,
-            policy_epochs=policy_epochs,
-            mosaic_prob=mosaic_prob,
-            mixup_prob=mixup_prob,
-            mixup_epochs=mixup_epochs,
-            stop_epoch=stop_epoch,
-            multiscale_sizes=_scales(640, t["base_size_repeat"]),
-            val_batch_size=t["val_batch_size"],
-        )
-    )
+    # Dense O2O input pipeline (deim_jax.data.defaults documents every field).
+    c.data = data_defaults.coco_data_config(size)
+    c.data.batch_size = c.get_ref("batch_size")
+    c.data.remap_mscoco_category = c.get_ref("remap_mscoco_category")
+    c.data.eval_batch_size = t["val_batch_size"]
+    c.data.policy_epochs = policy_epochs
+    c.data.mosaic_prob = mosaic_prob
+    c.data.mixup_prob = mixup_prob
+    c.data.mixup_epochs = mixup_epochs
+    c.data.stop_epoch = stop_epoch
+    if recipe == "dfine":  # D-FINE multi-scale: the 10 sizes of its collate function, 640 once
+        c.data.base_size_repeat = 1
     c.stage2_reload = True
     return c

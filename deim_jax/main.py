@@ -2,8 +2,10 @@
 
 ``--config`` takes a config name (``dfine_l``, ``dfine_l_baseline``; see
 ``deim_jax.configs.available()``) or a path ``path/to/config.py[:arg]``.
-Modes: ``summary`` (parameter counts per module), ``predict`` (detections on
-one image, with ``--weights`` from an official .pth or random weights).
+Modes: ``train`` (train and evaluate in ``--workdir``, resuming from its latest
+checkpoint), ``eval`` (COCO AP of the latest checkpoint's EMA weights, or of
+``--config.init_from``), ``summary`` (parameter counts per module), ``predict``
+(detections on one image, with ``--weights`` from an official .pth or random weights).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ml_collections import config_flags
 from deim_jax import configs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config name or path[:arg].", lock_config=False)
-_MODE = flags.DEFINE_enum("mode", "summary", ["summary", "predict"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "predict"], "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for checkpoints and logs.")
 _IMAGE = flags.DEFINE_string("image", None, "Image file for --mode=predict (default: a bundled sample).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.pth) to load for predict.")
@@ -44,7 +46,24 @@ def main(argv):
         sys.exit(f"error: --config is required; available: {', '.join(configs.available())}")
     from deim_jax.tools import cli
 
-    if _MODE.value == "summary":
+    if _MODE.value in ("train", "eval"):
+        if not _WORKDIR.value:
+            sys.exit("error: --workdir is required for --mode=train/eval")
+        from deim_jax.data import prepare
+
+        try:
+            prepare.check_or_generate(cfg)
+        except FileNotFoundError as e:
+            sys.exit(f"error: {e}")
+        from deim_jax.train import loop
+
+        if _MODE.value == "train":
+            metrics = loop.train_and_evaluate(cfg, _WORKDIR.value)
+        else:
+            metrics = loop.evaluate_checkpoint(cfg, _WORKDIR.value)
+        if metrics:
+            print(f"final AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}); results in {_WORKDIR.value}/eval.jsonl")
+    elif _MODE.value == "summary":
         cli.summary(cfg)
     elif _MODE.value == "predict":
         cli.predict(cfg, image_path=_IMAGE.value, weights=_WEIGHTS.value)

@@ -32,13 +32,18 @@ def test_deim_and_baseline_recipes_differ_where_official_ones_do():
     assert deim.epochs == 58 and base.epochs == 80
 
 
-def test_path_form_and_multiscale_list():
+def test_path_form_and_multiscale_settings():
     cfg = configs.get_config(configs.CONFIG_DIR + "/dfine.py:s")
     assert cfg.name == "dfine_s"
-    # deim_dfine.md §8.5: [480..608] + [640]*repeat + [800..672]; L: 14 entries, 640 with prob 4/14.
-    sizes = configs.get_config("dfine_l").data.multiscale_sizes
-    assert len(sizes) == 14 and sizes.count(640) == 4
-    assert configs.get_config("dfine_n").data.multiscale_sizes == (640,)
+    # deim_dfine.md §1.3 / §8.5: base_size_repeat N None, S 20, M 6, L 4, X 3.
+    repeats = {s: configs.get_config(f"dfine_{s}").data.base_size_repeat for s in "nsmlx"}
+    assert repeats == {"n": None, "s": 20, "m": 6, "l": 4, "x": 3}
+
+
+def test_batch_size_is_one_field():
+    cfg = configs.get_config("dfine_l")
+    cfg.batch_size = 8
+    assert cfg.data.batch_size == 8
 
 
 def test_cli_rejects_unknown_config_with_clear_message():

@@ -272,7 +272,12 @@ class Criterion:
         if outputs.get("dn_outputs"):
             meta = outputs["dn_meta"]
             D = outputs["dn_outputs"][0]["pred_logits"].shape[1]
-            out["dn"] = dn_matching(D, meta["max_gt"], meta["valid"], targets["mask"])
+            if "positive" in meta and "target_index" in meta:
+                # the group says which target each positive slot was made from (any mask order)
+                out["dn"] = jnp.where(jnp.asarray(meta["positive"], bool),
+                                      jnp.asarray(meta["target_index"], jnp.int32), -1)
+            else:
+                out["dn"] = dn_matching(D, meta["max_gt"], meta["valid"], targets["mask"])
         return out
 
     # -- normalizers -----------------------------------------------------------------------

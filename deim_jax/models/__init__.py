@@ -1,7 +1,4 @@
-"""Model zoo: ``build(cfg)`` returns the Flax module of a config.
-
-Families: ``dfine`` (HGNetv2 + D-FINE hybrid encoder + D-FINE decoder).
-"""
+"""Model zoo: ``build(cfg)`` returns the Flax module of a config."""
 
 from __future__ import annotations
 
@@ -14,35 +11,36 @@ import numpy as np
 from deim_jax.models.deim import DEIM
 
 
+def _tuples(section) -> dict:
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(section).items()}
+
+
 def build(cfg) -> DEIM:
-    """The detector described by ``cfg.model`` (and ``cfg.num_classes``, ``cfg.eval_spatial_size``)."""
-    family = cfg.model.family
-    if family != "dfine":
-        raise ValueError(f"unknown model family {family!r} (config field model.family); known: 'dfine'")
-    from deim_jax.models.dfine_decoder import DFINETransformer
-    from deim_jax.models.hgnetv2 import HGNetv2
+    """The detector described by ``cfg.model`` (and ``cfg.num_classes``, ``cfg.eval_spatial_size``).
+
+    Families: ``dfine`` (HGNetv2 + D-FINE hybrid encoder + D-FINE decoder) and ``rtdetrv2``
+    (PResNet-vd + RT-DETRv2 hybrid encoder + RT-DETRv2 decoder).
+    """
     from deim_jax.models.hybrid_encoder import HybridEncoder
 
-    b = cfg.model.backbone
-    backbone = HGNetv2(
-        name_variant=b.variant,
-        use_lab=b.use_lab,
-        return_idx=tuple(b.return_idx),
-        freeze_at=b.freeze_at,
-        freeze_norm=b.freeze_norm,
-        freeze_stem_only=b.freeze_stem_only,
-    )
-    e = dict(cfg.model.encoder)
-    encoder = HybridEncoder(
-        **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in e.items()},
-        eval_spatial_size=tuple(cfg.eval_spatial_size),
-    )
-    d = dict(cfg.model.decoder)
-    decoder = DFINETransformer(
-        num_classes=cfg.num_classes,
-        **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()},
-        eval_spatial_size=tuple(cfg.eval_spatial_size),
-    )
+    family = cfg.model.family
+    eval_size = tuple(cfg.eval_spatial_size)
+    b = _tuples(cfg.model.backbone)
+    b.pop("name", None)
+    if family == "dfine":
+        from deim_jax.models.dfine_decoder import DFINETransformer as Decoder
+        from deim_jax.models.hgnetv2 import HGNetv2
+
+        backbone = HGNetv2(name_variant=b.pop("variant"), **b)
+    elif family == "rtdetrv2":
+        from deim_jax.models.presnet import PResNet
+        from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2 as Decoder
+
+        backbone = PResNet(**b)
+    else:
+        raise ValueError(f"unknown model family {family!r} (config field model.family); known: 'dfine', 'rtdetrv2'")
+    encoder = HybridEncoder(**_tuples(cfg.model.encoder), eval_spatial_size=eval_size)
+    decoder = Decoder(num_classes=cfg.num_classes, **_tuples(cfg.model.decoder), eval_spatial_size=eval_size)
     return DEIM(backbone=backbone, encoder=encoder, decoder=decoder)
 
 
