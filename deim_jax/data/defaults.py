@@ -3,7 +3,11 @@
 Fields (``config.data``):
   train.images / train.annotations   COCO-format image folder and instances json (training)
   val.images / val.annotations       same for evaluation
-  tfds_name / data_dir               TFDS alternative (e.g. 'coco/2017'); None for COCO folders
+  tfds_name / data_dir               TFDS alternative (e.g. 'coco/2017'); None for COCO folders.
+                                     Used when train/val.images are empty: the prepared builder
+                                     is exported once to a COCO folder (never downloads)
+  tfds_train_split / tfds_val_split  'train' / 'validation'
+  tfds_export_dir                    '' = <data_dir>/deim_export/<name>
   remap_mscoco_category              True: COCO's 80 ids (1..90) -> 0..79; False: contiguous
                                      mapping of the json's sorted category ids
   batch_size / eval_batch_size       global batch sizes (split evenly over processes)
@@ -47,6 +51,9 @@ def _base(model: str) -> ml_collections.ConfigDict:
     c.val = ml_collections.ConfigDict({"images": "", "annotations": ""})
     c.tfds_name = ml_collections.FieldReference(None, field_type=str)
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.tfds_train_split = "train"
+    c.tfds_val_split = "validation"
+    c.tfds_export_dir = ""
     c.remap_mscoco_category = True
     c.batch_size = m["batch_size"]
     c.eval_batch_size = 256 if model == "n" else 64

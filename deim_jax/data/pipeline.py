@@ -81,10 +81,12 @@ def load_split(config, split: str, missing: Optional[str] = None) -> coco_lib.Co
     d = config.data
     sp = d[split]
     images, ann = _field(sp, "images"), _field(sp, "annotations")
+    if (not images or not ann) and _field(d, "tfds_name"):
+        from deim_jax.data import tfds_source
+        tsplit = _field(d, f"tfds_{split}_split", "train" if split == "train" else "validation")
+        images, ann = tfds_source.coco_folder_from_tfds(
+            d.tfds_name, _field(d, "data_dir", ""), tsplit, _field(d, "tfds_export_dir", ""))
     if not images or not ann:
-        if _field(d, "tfds_name"):
-            raise NotImplementedError(
-                "TFDS sources: use deim_jax.data.tfds_source.load_tfds_records (see its docstring)")
         raise ValueError(f"config.data.{split}.images / .annotations must name a COCO-format set")
     if not os.path.isfile(ann):
         raise FileNotFoundError(f"annotation file not found: {ann}")
