@@ -104,7 +104,8 @@ def sanitize_cost(cost, target_mask=None, bound: float = COST_BOUND):
     finite = jnp.isfinite(cost)
     valid = finite if target_mask is None else finite & jnp.asarray(target_mask, bool)[..., None, :]
     clipped = jnp.clip(cost, -bound, bound)
-    big = jnp.max(jnp.where(valid, jnp.abs(clipped), 0.0), axis=(-2, -1), keepdims=True)
+    big = jnp.max(jnp.where(valid, jnp.abs(clipped), 0.0), axis=(-2, -1), keepdims=True,
+                  initial=0.0)
     n = min(cost.shape[-2], cost.shape[-1]) + 1
     inf_val = jnp.minimum(bound, 2.0 * (big + 1.0) * n)
     return jnp.where(finite, clipped, jnp.sign(cost) * inf_val)
