@@ -86,12 +86,33 @@ def test_no_aug_epoch_keeps_geometry(root):
         flipped[:, 0] = 1 - flipped[:, 0]
         assert np.allclose(got, exp, atol=1e-5) or np.allclose(got, flipped, atol=1e-5)
         np.testing.assert_array_equal(b["labels"][i][b["mask"][i]], gl[ok.all(1)])
+    # final no-aug stage (epoch >= e2 = stop_epoch): fixed size, no mosaic, no mixup
+    it.restore(dict(epoch=3, pos=0, step_in_epoch=0))
+    for _ in range(3):
+        b = next(it)
+        assert b["image"].shape == (4, 64, 64, 3) and not b["mixup"].any()
 
 
 def test_max_boxes_overflow_counted(root):
     c = make_config(root, max_boxes=2)
-    b = next(data.build_train_iterator(c, seed=0))
+    it = data.build_train_iterator(c, seed=0)
+    b = next(it)
     assert b["mask"].sum(1).max() <= 2 and b["num_dropped_boxes"].sum() > 0
+    assert it.num_dropped_boxes == b["num_dropped_boxes"].sum()
+    rec = it.records
+    # dropped deterministically: the kept boxes are the first ones (epoch 0: no mosaic/crop)
+    idx = pipeline.epoch_shard(len(rec), 0, 0, 0, 1, 4, 6, 8)[:4]
+    for i in range(4):
+        n = len(rec.boxes_of(idx[i])[0])
+        assert b["mask"][i].sum() + b["num_dropped_boxes"][i] <= n
+
+
+def test_multiscale_buckets():
+    pc = dict(image_size=640, base_size_repeat=4, multiscale_buckets=None)
+    assert pipeline._scales(pc) == [480, 512, 544, 576, 608] + [640] * 4 + [800, 768, 736, 704, 672]
+    pc["multiscale_buckets"] = (512, 640, 768)
+    s = pipeline._scales(pc)
+    assert sorted(set(s)) == [512, 640, 768] and len(s) == 14 and s.count(640) == 7  # 608, 640 x4, 672, 704 (tie -> smaller)
 
 
 def test_multi_process_shards():
@@ -130,6 +151,9 @@ def test_bad_files_do_not_stop_training(root, tmp_path):
     assert it.steps_per_epoch == 23 // 4 and it.records.stats["missing_files"] == 1
     batches = take(it, it.steps_per_epoch + 1)
     assert [int(b["epoch"][0]) for b in batches] == [0] * it.steps_per_epoch + [1]
+    # 20 of 22 readable; each epoch reads 20 + 8 spare shard entries: 2 bad ones are skipped per
+    # pass over them, counted
+    assert it.num_skipped_examples >= 2
 
 
 def test_eval_every_image_once_with_padding(root, tmp_path):

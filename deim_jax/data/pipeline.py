@@ -220,7 +220,10 @@ def epoch_shard(n: int, seed: int, epoch: int, process_index: int, process_count
 
 
 class TrainIterator:
-    """Infinite iterator over local train batches (numpy); ``get_state()`` for resume."""
+    """Infinite iterator over local train batches (numpy); ``get_state()`` for resume.
+
+    Counters for the logs: ``num_skipped_examples`` (unreadable files) and
+    ``num_dropped_boxes`` (beyond max_boxes), cumulative since construction."""
 
     def __init__(self, config, records, seed, state, process_index, process_count):
         _hide_gpus()
@@ -246,6 +249,8 @@ class TrainIterator:
                                   input_signature=[spec, spec, spec])
         self._b_fn = tf.function(train_batch_fn(self.pc, self.seed))
         self._it = None
+        self.num_skipped_examples = 0   # unreadable files skipped so far (this process)
+        self.num_dropped_boxes = 0      # boxes beyond max_boxes dropped so far (this process)
 
     def _build(self):
         st = self.state
@@ -283,6 +288,12 @@ class TrainIterator:
                 self._it = None
                 continue
             batch = {k: v.numpy() for k, v in batch.items()}
+            skipped = int(batch["pos"].max()) + 1 - self.state["pos"] - self.local_batch
+            if skipped:
+                self.num_skipped_examples += skipped
+                log.warning("skipped %d unreadable example(s) in epoch %d (total %d)", skipped,
+                            self.state["epoch"], self.num_skipped_examples)
+            self.num_dropped_boxes += int(batch["num_dropped_boxes"].sum())
             self.state = dict(epoch=self.state["epoch"], pos=int(batch["pos"].max()) + 1,
                               step_in_epoch=self.state["step_in_epoch"] + 1)
             if self.state["step_in_epoch"] == self.steps_per_epoch:
