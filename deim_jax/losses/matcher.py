@@ -36,26 +36,28 @@ Methods (``method=``):
   on GPU/TPU.
 
 Measured with ``python benchmarks/matcher.py`` on this machine (2 AMD EPYC cores
-shared with other jobs, load average 8-11 during all runs, so absolute numbers are
-noisy and vary ~3x between runs; the two methods are interleaved so the ratio is
+shared with other jobs, load average 7-11 during all runs, so absolute numbers are
+noisy and vary 3-5x between runs; the two methods are interleaved so the ratio is
 fairer; jax 0.10.2 CPU).  8 outputs x batch 8 x 300 queries, max_boxes 300,
-DETR-like costs from random predictions, jitted, median; device/scipy ratio over
-three runs (ms of one run in brackets):
+DETR-like costs from random predictions, jitted, median; device/scipy time ratio
+over four runs (assign only) and three runs (match_cost + assign in one jit):
 
-    targets/image   assign only                      match_cost + assign (one jit)
-    10              0.86 - 1.37x  (4.2 vs 4.8 ms)    0.75 - 0.88x  (356 vs 405 ms)
-    50              0.99 - 1.12x  (16.6 vs 16.7 ms)  0.83x         (341 vs 409 ms)
-    200             0.90 - 1.23x  (85 vs 89 ms)      0.92x         (461 vs 502 ms)
+    targets/image   assign only       match_cost + assign (one jit)
+    10              0.47 - 1.37x      0.75 - 0.88x
+    50              0.59 - 1.12x      0.83 - 0.87x
+    200             0.90 - 1.23x      0.76 - 0.92x
+
+(fastest run, assign only, device vs scipy: 4.2 vs 4.8 ms, 40 vs 41 ms, 85 vs 89 ms.)
 
 So on CPU the device solver alone is on par with scipy within the noise (between
-~0.9x and ~1.4x of scipy's time depending on the run), and a little faster when
+~0.5x and ~1.4x of scipy's time depending on the run), and a little faster when
 the cost is computed in the same jit (the callback then needs the cost
-materialized, a separate sanitize pass and a host copy, and blocks the program).
+materialized and copied to the host, and blocks the program).
 ``'auto'`` still keeps scipy on CPU, the conservative choice given the noisy
 solver-only ratios, so the default is never slower than scipy there.
 
-Why the device solver does not clearly win on CPU: here the "device" is the host, so the callback pays no transfer; scipy's C loop
-scans only the columns not yet in the Dijkstra tree and stops each problem as
+Why the device solver does not clearly win on CPU: here the "device" is the host,
+so the callback pays no transfer; scipy's C loop scans only the columns not yet in the Dijkstra tree and stops each problem as
 soon as it is solved, while the vectorised XLA loop touches all Q columns of all
 64 problems every step (branch-free), runs until the slowest problem is done,
 and reads each target row of a [Q, M] cost with a strided gather.  Where it should
