@@ -376,3 +376,5 @@ def test_build_from_config():
     assert tuple(crit.losses) == ("mal", "boxes", "local") and crit.gamma == 1.5 and crit.use_uni_set
     base = losses.build(configs.get_config("dfine_n_baseline"))
     assert tuple(base.losses)[0] == "vfl" and base.gamma == 2.0 and base.alpha == 0.75
+    assert dict(crit.weights)["loss_ddf"] == 1.5 and dict(crit.weights)["loss_fgl"] == 0.15
+    hash(crit)  # usable as a jit static argument / cache key

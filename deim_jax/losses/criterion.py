@@ -222,6 +222,7 @@ class Criterion:
     """DEIMCriterion. ``criterion(outputs, targets)`` -> dict of weighted loss terms.
 
     losses: subset/order of ('mal' | 'vfl' | 'focal', 'boxes', 'local').
+    weights: (name, weight) pairs or a dict overriding DEFAULT_WEIGHTS (pairs keep it hashable).
     use_uni_set: boxes/local losses of non-DN outputs use the union of all matchings.
     matcher_*: cost weights of the Hungarian matcher (class, bbox, giou), focal alpha/gamma.
     axis_name: if set (inside pmap/shard_map), num_boxes is the device-average GT count.
@@ -443,7 +444,7 @@ def build(cfg) -> Criterion:
     return Criterion(
         num_classes=num_classes,
         losses=tuple(get(loss_cfg, "losses", ("mal", "boxes", "local"))),
-        weights=dict(weights) if weights is not None else None,
+        weights=tuple(sorted(dict(weights).items())) if weights is not None else None,  # hashable
         gamma=float(get(loss_cfg, "gamma", 1.5)),
         alpha=float(get(loss_cfg, "alpha", 0.75)),
         mal_alpha=get(loss_cfg, "mal_alpha", None),
