@@ -179,3 +179,13 @@ def test_eval_every_image_once_with_padding(root, tmp_path):
     with pytest.raises(FileNotFoundError):
         os.remove(os.path.join(r2, "val", sorted(os.listdir(os.path.join(r2, "val")))[1]))
         data.load_split(c2, "val")
+
+
+def test_all_files_unreadable_raises(root, tmp_path):
+    r2 = str(tmp_path / "allbad")
+    shutil.copytree(root, r2)
+    for f in os.listdir(os.path.join(r2, "train")):
+        open(os.path.join(r2, "train", f), "wb").write(b"junk")
+    it = data.build_train_iterator(make_config(r2), seed=0)
+    with pytest.raises(RuntimeError, match="no training example could be loaded"):
+        next(it)

@@ -20,8 +20,8 @@ int64, ``orig_size`` [B,2] (w, h) int32, ``valid`` [B] bool (False on padding).
 Determinism and resume. Epoch e uses the permutation ``default_rng([seed, e])`` of the
 images; process p reads entries p, p+P, ... of it (its shard only), followed by a few spare
 entries (the epoch always yields exactly ``steps_per_epoch`` batches even if some files fail
-to decode). Every random draw is stateless, seeded from (seed, epoch, position in the shard)
-for an example and (seed, epoch, position of the batch's first example) for batch ops
+to decode). Every random draw is stateless, seeded from (seed, process, epoch, position in the shard)
+for an example and (seed, process, epoch, position of the batch's first example) for batch ops
 (mixup, multi-scale), so parallel decoding order does not matter and a run restarted from
 ``get_state()`` (epoch, next position, step in epoch) sees exactly the batches it would have
 seen. ``start_step`` alone is exact as long as no file failed to decode before it.
@@ -137,14 +137,15 @@ def policy_config(config):
     )
 
 
-def train_example_fn(tables: _Tables, pc: dict, seed: int):
+def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 0):
     """(idx, pos, epoch) -> one augmented, padded example (dict of tensors)."""
     e0, e1, e2 = pc["policy_epochs"]
     size = pc["image_size"]
 
     def fn(idx, pos, epoch):
         s = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), epoch), pos)
+            tf.random.experimental.stateless_fold_in(
+                tf.constant([seed, 2 * process_index], tf.int64), epoch), pos)
         s = T.split_seed(s, 8)
         in_policy = (epoch >= e0) & (epoch < e2)
         with_mosaic = in_policy & (epoch < e1) & (T.uniform(s[0]) <= pc["mosaic_prob"])
@@ -188,7 +189,7 @@ def _scales(pc):
     return scales
 
 
-def train_batch_fn(pc: dict, seed: int):
+def train_batch_fn(pc: dict, seed: int, process_index: int = 0):
     scales = tf.constant(_scales(pc), tf.int32)
     m0, m1 = pc["mixup_epochs"]
     multiscale = pc["base_size_repeat"] is not None
@@ -196,7 +197,8 @@ def train_batch_fn(pc: dict, seed: int):
     def fn(batch):
         epoch, first = batch["epoch"][0], batch["pos"][0]
         s = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), epoch), first)
+            tf.random.experimental.stateless_fold_in(
+                tf.constant([seed, 2 * process_index + 1], tf.int64), epoch), first)
         s = T.split_seed(s, 2)
         batch = T.mixup(batch, s[0], pc["mixup_prob"], (epoch >= m0) & (epoch < m1))
         if multiscale:
@@ -245,15 +247,16 @@ class TrainIterator:
         self.state = dict(state)
         # traced once per iterator, reused by the per-epoch datasets
         spec = tf.TensorSpec([], tf.int32)
-        self._ex_fn = tf.function(train_example_fn(self.tables, self.pc, self.seed),
+        self._ex_fn = tf.function(train_example_fn(self.tables, self.pc, self.seed, self.pi),
                                   input_signature=[spec, spec, spec])
-        self._b_fn = tf.function(train_batch_fn(self.pc, self.seed))
+        self._b_fn = tf.function(train_batch_fn(self.pc, self.seed, self.pi))
         self._it = None
         self.num_skipped_examples = 0   # unreadable files skipped so far (this process)
         self.num_dropped_boxes = 0      # boxes beyond max_boxes dropped so far (this process)
 
     def _build(self):
         st = self.state
+        self._built_at = dict(st)
         idx = epoch_shard(len(self.records), self.seed, st["epoch"], self.pi, self.pcount,
                           self.local_batch, self.steps_per_epoch, self.spare)
         pos = np.arange(len(idx))
@@ -281,6 +284,10 @@ class TrainIterator:
             try:
                 batch = next(self._it)
             except StopIteration:
+                if self._built_at == self.state:
+                    raise RuntimeError(
+                        f"no training example could be loaded in epoch {self.state['epoch']} "
+                        f"({self.records.annotations_file}); see the warnings above")
                 if self.state["step_in_epoch"] < self.steps_per_epoch:
                     log.warning("epoch %d ended after %d of %d batches (too many unreadable files)",
                                 self.state["epoch"], self.state["step_in_epoch"], self.steps_per_epoch)
