@@ -108,3 +108,15 @@ def test_demo_generator_deterministic_and_boxes_tight(tmp_path):
     assert r.label_to_category == {0: 1, 1: 2, 2: 3, 3: 5}
     for i in range(len(r)):
         assert 64 <= r.widths[i] <= 256 and 64 <= r.heights[i] <= 256
+
+
+def test_prepare_generates_demo_and_reports_missing(tmp_path):
+    import ml_collections
+    from deim_jax.data import defaults, prepare
+    c = ml_collections.ConfigDict()
+    c.data = defaults.demo_data_config(str(tmp_path / "d"))
+    with pytest.raises(FileNotFoundError, match="config.data.train.annotations"):
+        prepare.check_or_generate(c)
+    c.data.generate_demo = True
+    prepare.check_or_generate(c)
+    assert os.path.isfile(c.data.val.annotations) and len(os.listdir(c.data.train.images)) == 256

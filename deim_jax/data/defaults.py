@@ -20,6 +20,8 @@ Fields (``config.data``):
   base_size_repeat                   None (no multi-scale, N) or r (S 20, M 6, L 4, X 3)
   multiscale_buckets                 None (official 11 sizes) or a smaller list of sizes
   num_parallel_calls, prefetch       tf.data knobs (None = AUTOTUNE)
+  root, generate_demo                demo only: folder of the demo set; write it if missing
+                                     (``deim_jax.data.prepare.check_or_generate``)
   spare_examples                     extra shard entries so unreadable files do not shorten
                                      an epoch (None = local batch size)
 ``config.num_classes`` stays at the top level of the config (80 for COCO).
@@ -71,6 +73,8 @@ def _base(model: str) -> ml_collections.ConfigDict:
     c.num_parallel_calls = ml_collections.FieldReference(None, field_type=int)
     c.prefetch = 2
     c.spare_examples = ml_collections.FieldReference(None, field_type=int)
+    c.root = ""
+    c.generate_demo = False
     return c
 
 
@@ -96,6 +100,7 @@ def demo_data_config(root: str = "data/demo", batch_size: int = 8, image_size: i
                      epochs=(1, 6, 9)) -> ml_collections.ConfigDict:
     """The generated demo set (``python -m deim_jax.data.demo --out ROOT``; num_classes = 4)."""
     c = _base("n")
+    c.root = root
     c.train.images = f"{root}/train"
     c.train.annotations = f"{root}/annotations/instances_train.json"
     c.val.images = f"{root}/val"
