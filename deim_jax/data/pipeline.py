@@ -34,8 +34,9 @@ Multi-scale (``base_size_repeat`` not None, epoch < ``stop_epoch``): one size pe
 the official list [480..608] + [640]*r + [800..672] (nearest resize, boxes unchanged).
 ``config.data.multiscale_buckets`` (optional) restricts the sizes to a smaller fixed set
 (sizes are snapped to the nearest bucket, keeping the official probabilities). Every distinct
-size is one compile of the train step: the official list costs 11 compiles (5 + 640 + 5),
-plus one for 640 after stop_epoch is the same shape; a run without multi-scale costs 1.
+size is one compile of the train step: the official list costs 11 train-step compiles
+(480..608, 640, 672..800; after stop_epoch only 640, already compiled); ``multiscale_buckets``
+of k sizes costs k; a run without multi-scale (N, demo) costs 1.
 """
 
 from __future__ import annotations
