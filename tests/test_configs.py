@@ -12,9 +12,12 @@ def test_every_available_name_resolves():
     names = configs.available()
     for size in "nsmlx":
         assert f"dfine_{size}" in names and f"dfine_{size}_baseline" in names
+    for size in ("r18", "r34", "r50m", "r50", "r101"):
+        assert f"rtdetrv2_{size}" in names and f"rtdetrv2_{size}_baseline" in names
     for name in names:
         cfg = configs.get_config(name)
-        assert cfg.num_classes == 80
+        assert cfg.num_classes == (4 if name == "demo" else 80), name
+        assert cfg.model.family in ("dfine", "rtdetrv2")
 
 
 def test_unknown_name_lists_available():
