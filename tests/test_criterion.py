@@ -352,6 +352,57 @@ def test_gradients_finite_and_mal_iou_detached():
     assert np.all(np.asarray(gv) == 0)
 
 
+def _synthetic_outputs(rng, B=2, Q=6, Cn=4, L=2, D=8):
+    def layer():
+        return dict(pred_logits=rng.normal(size=(B, Q, Cn)).astype(np.float32),
+                    pred_boxes=np.concatenate([rng.uniform(0.2, 0.8, (B, Q, 2)),
+                                               rng.uniform(0.05, 0.3, (B, Q, 2))], -1).astype(np.float32),
+                    pred_corners=rng.normal(size=(B, Q, 4 * 33)).astype(np.float32),
+                    ref_points=np.concatenate([rng.uniform(0.2, 0.8, (B, Q, 2)),
+                                               rng.uniform(0.05, 0.3, (B, Q, 2))], -1).astype(np.float32))
+
+    last = layer()
+    # degenerate predictions: negative / zero widths and heights (distance2bbox can produce them)
+    last["pred_boxes"][:, 0, 2] = -0.1
+    last["pred_boxes"][:, 1, 2:] = 0.0
+    aux = [dict(layer(), teacher_corners=last["pred_corners"], teacher_logits=last["pred_logits"])
+           for _ in range(L - 1)]
+    out = dict(last, up=np.array([0.5], np.float32), reg_scale=np.array([4.0], np.float32), aux_outputs=aux,
+               pre_outputs={k: layer()[k] for k in ("pred_logits", "pred_boxes")},
+               enc_aux_outputs=[{k: layer()[k] for k in ("pred_logits", "pred_boxes")}])
+    dn_last = {k: v[:, :1].repeat(D, 1) for k, v in layer().items()}
+    dn_last["pred_boxes"][:, 2, 2] = -0.2
+    out["dn_outputs"] = [dict({k: v[:, :1].repeat(D, 1) for k, v in layer().items()},
+                              teacher_corners=dn_last["pred_corners"], teacher_logits=dn_last["pred_logits"]),
+                         dict(dn_last, teacher_corners=dn_last["pred_corners"],
+                              teacher_logits=dn_last["pred_logits"])]
+    out["dn_pre_outputs"] = {k: dn_last[k] for k in ("pred_logits", "pred_boxes")}
+    out["dn_meta"] = dict(num_group=np.int32(2), max_gt=np.int32(2), valid=np.arange(D) < 8)
+    return out
+
+
+def test_image_without_targets_and_degenerate_boxes_give_finite_gradients():
+    rng = np.random.default_rng(3)
+    outputs = _synthetic_outputs(rng)
+    targets = dict(labels=np.array([[1, 3, 0], [0, 0, 0]], np.int32),
+                   boxes=np.array([[[0.4, 0.5, 0.2, 0.3], [0.6, 0.4, 0.1, 0.2], [0, 0, 0, 0]],
+                                   [[0, 0, 0, 0]] * 3], np.float32),
+                   mask=np.array([[True, True, False], [False, False, False]]))
+    crit = losses.Criterion()
+
+    meta = outputs.pop("dn_meta")
+
+    def total(o):
+        return sum(crit(dict(o, dn_meta=meta), targets).values())
+
+    res = crit(dict(outputs, dn_meta=meta), targets)
+    assert all(np.isfinite(float(v)) for v in res.values())
+    assert "loss_ddf_aux_0" in res and "loss_ddf_dn_0" in res and "loss_ddf_dn_1" not in res
+    g = jax.jit(jax.grad(total))(outputs)
+    for leaf in jax.tree_util.tree_leaves(g):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
 def test_num_boxes_averaged_over_devices():
     """Per-device criterion (axis_name) averaged over 2 'devices' equals the global-batch one for
     the terms normalized by num_boxes / num_boxes_go (MAL, L1, GIoU, FGL)."""

@@ -64,6 +64,17 @@ def _gather_targets(idx: Array, tgt: Array) -> Array:
     return jax.vmap(lambda t, i: t[i])(tgt, safe)
 
 
+_DUMMY_BOX = (0.5, 0.5, 1.0, 1.0)
+
+
+def _gather_boxes(idx: Array, tgt_boxes: Array) -> Array:
+    """Matched target boxes [B, Q, 4]; unmatched queries get a dummy unit box so that no NaN
+    (e.g. from a zero-area padding box against a degenerate prediction) can reach the gradients
+    through a masked-out branch. Values of matched queries are unchanged."""
+    tb = _gather_targets(idx, tgt_boxes)
+    return jnp.where((idx >= 0)[..., None], tb, jnp.asarray(_DUMMY_BOX, tb.dtype))
+
+
 def _matched_iou(pred_boxes: Array, tgt_boxes: Array) -> Array:
     """Detached IoU of aligned cxcywh boxes [..., 4] -> [...] (no epsilon, may be NaN)."""
     iou = box_ops.elementwise_box_iou(box_ops.cxcywh_to_xyxy(pred_boxes),
@@ -88,7 +99,7 @@ def loss_mal(logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma=1.5, al
     matched = idx >= 0
     labels = _gather_targets(idx, tgt_labels)
     t = jax.nn.one_hot(labels, C, dtype=jnp.float32) * matched[..., None]
-    iou = _matched_iou(boxes, _gather_targets(idx, tgt_boxes))
+    iou = _matched_iou(boxes, _gather_boxes(idx, tgt_boxes))
     iou = jnp.where(matched, iou, 0.0)
     score = (iou[..., None] * t) ** gamma
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits))
@@ -110,7 +121,7 @@ def loss_vfl(logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma=2.0, al
     matched = idx >= 0
     labels = _gather_targets(idx, tgt_labels)
     t = jax.nn.one_hot(labels, C, dtype=jnp.float32) * matched[..., None]
-    iou = _matched_iou(boxes, _gather_targets(idx, tgt_boxes))
+    iou = _matched_iou(boxes, _gather_boxes(idx, tgt_boxes))
     iou = jnp.where(matched, iou, 0.0)
     score = iou[..., None] * t
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits))
@@ -141,7 +152,7 @@ def loss_boxes(boxes, idx, tgt_boxes, num_boxes):
     """(L1 sum over cxcywh, sum of 1 - GIoU) over matched queries, each / N (§6.4)."""
     boxes = boxes.astype(jnp.float32)
     matched = idx >= 0
-    tb = _gather_targets(idx, tgt_boxes)
+    tb = _gather_boxes(idx, tgt_boxes)
     l1 = jnp.sum(jnp.where(matched[..., None], jnp.abs(boxes - tb), 0.0)) / num_boxes
     giou = box_ops.elementwise_generalized_box_iou(box_ops.cxcywh_to_xyxy(boxes),
                                                    box_ops.cxcywh_to_xyxy(tb))
@@ -159,7 +170,7 @@ def loss_fgl(corners, boxes, ref_points, idx, tgt_boxes, num_boxes, up, reg_scal
     """Fine-grained localization loss (§6.5) over matched queries, / N."""
     B, Q = idx.shape
     matched = idx >= 0
-    tb = _gather_targets(idx, tgt_boxes)
+    tb = _gather_boxes(idx, tgt_boxes)
     index, wr, wl = fdr.bbox2distance(jax.lax.stop_gradient(ref_points.astype(jnp.float32)),
                                       box_ops.cxcywh_to_xyxy(tb), reg_max, up, reg_scale)
     index, wr, wl = (jax.lax.stop_gradient(a) for a in (index, wr, wl))
@@ -184,7 +195,7 @@ def ddf_terms(corners, teacher_corners, teacher_logits, boxes, idx, tgt_boxes, r
     teacher = jax.lax.stop_gradient(teacher_corners.astype(jnp.float32)).reshape(B, Q, 4, reg_max + 1)
     differs = jnp.any(pred != teacher)
     wq = jnp.max(jax.nn.sigmoid(jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))), axis=-1)
-    iou = _matched_iou(boxes, _gather_targets(idx, tgt_boxes))
+    iou = _matched_iou(boxes, _gather_boxes(idx, tgt_boxes))
     wq = jax.lax.stop_gradient(jnp.where(matched, iou, wq))
     log_p = jax.nn.log_softmax(pred / T, axis=-1)
     log_t = jax.nn.log_softmax(teacher / T, axis=-1)
