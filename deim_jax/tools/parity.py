@@ -175,7 +175,8 @@ def format_table(report: Dict[str, Dict[str, Dict]]) -> str:
             def f(x):
                 return "-" if x is None else f"{x:.2e}"
             lines.append(f"{fx:<14} {name:<44} {f(r.get('max_abs')):>10} {f(r.get('max_rel')):>10} "
-                         f"{f(r.get('tol')):>8}  {'yes' if r['ok'] else 'NO'}")
+                         f"{f(r.get('tol')):>8}  {'yes' if r['ok'] else 'NO'}"
+                         + (f"  ({r['note']})" if r.get("note") else ""))
     return "\n".join(lines)
 
 
