@@ -18,7 +18,7 @@ def get_config(arg=None):
     c.num_classes = 4
     c.remap_mscoco_category = False
     c.eval_spatial_size = (256, 256)
-    c.num_top_queries = 100
+    c.num_top_queries = 60
 
     enc = c.model.encoder
     enc.hidden_dim = 64
@@ -27,24 +27,24 @@ def get_config(arg=None):
     dec.feat_channels = (64, 64)
     dec.hidden_dim = 64
     dec.dim_feedforward = 256
-    dec.num_queries = 100
-    dec.num_denoising = 50
+    dec.num_queries = 60
+    dec.num_denoising = 30
 
-    c.epochs = 12
+    c.epochs = 16
     c.batch_size = 8
-    c.eval_every_epochs = 3
+    c.eval_every_epochs = 4
     c.log_every_steps = 16
     c.keep_checkpoints = 2
     c.optimizer.lr = 1e-3
     c.optimizer.groups = [dict(g, lr=1e-3) for g in c.optimizer.groups]
     c.schedule.warmup_iter = 50
-    c.schedule.flat_epoch = 6
+    c.schedule.flat_epoch = 10
     c.schedule.no_aug_epoch = 2
     c.schedule.lr_gamma = 0.1
     c.ema.decay = 0.999
     c.ema.warmups = 100
 
-    c.data = data_defaults.demo_data_config(root="data/demo", batch_size=8, image_size=256, epochs=(1, 6, 10))
+    c.data = data_defaults.demo_data_config(root="data/demo", batch_size=8, image_size=256, epochs=(3, 8, 14))
     c.data.batch_size = c.get_ref("batch_size")
     c.data.remap_mscoco_category = c.get_ref("remap_mscoco_category")
     c.data.generate_demo = True  # write the demo set into data.root if it is missing

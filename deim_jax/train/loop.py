@@ -131,8 +131,11 @@ def _summary_writer(workdir):
         return None
 
 
-def evaluate(cfg, model, state: TrainState, mesh, records, predict_step, use_ema: bool = True) -> Dict[str, Any]:
-    """COCO AP of ``state`` (EMA weights by default) on the validation split."""
+def evaluate(cfg, predict, mesh, records) -> Dict[str, Any]:
+    """COCO AP on the validation split of ``predict(images) -> {'pred_logits', 'pred_boxes'}``.
+
+    ``images`` is the global eval batch; every image is counted once (padding is masked).
+    """
     coco_gt = coco_gt_of(records)
     evaluator = CocoEvaluator(coco_gt)
     label_to_cat = np.zeros(max(records.label_to_category) + 1, np.int64)
@@ -142,7 +145,7 @@ def evaluate(cfg, model, state: TrainState, mesh, records, predict_step, use_ema
                                                      remap_mscoco_category=False))
     for local in data_lib.build_eval_iterator(cfg, jax.process_index(), jax.process_count(), records=records):
         images = sharding.global_batch({"image": local["image"]}, mesh)["image"]
-        out = predict_step(state, images)
+        out = predict(images)
         out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
         meta = {k: np.asarray(multihost_utils.process_allgather(local[k], tiled=True))
                 for k in ("image_id", "orig_size", "valid")}
@@ -254,7 +257,7 @@ def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
                 epoch_done = step // steps_per_epoch
                 eval_metrics = None
                 if end_of_epoch and (epoch_done % eval_every == 0 or step == total_steps):
-                    eval_metrics = evaluate(cfg, model, state, mesh, val_records, predict_step)
+                    eval_metrics = evaluate(cfg, lambda im: predict_step(state, im), mesh, val_records)
                     last_metrics = eval_metrics
                     _record_eval(workdir, step, epoch_done, eval_metrics, writer)
                 save_metrics = {"AP": eval_metrics["AP"]} if eval_metrics else None
@@ -326,7 +329,7 @@ def evaluate_checkpoint(cfg, workdir: str, use_ema: bool = True) -> Dict[str, An
                        opt_state=None, ema_params=variables["params"], ema_batch_stats=variables["batch_stats"],
                        rng=jax.random.PRNGKey(0))
     predict_step = jax.jit(make_predict_step(model, cfg, use_ema=False))
-    metrics = evaluate(cfg, model, state, mesh, val_records, predict_step)
+    metrics = evaluate(cfg, lambda im: predict_step(state, im), mesh, val_records)
     os.makedirs(workdir, exist_ok=True)
     _record_eval(workdir, 0, 0, metrics, None)
     return metrics
