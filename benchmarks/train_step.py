@@ -41,7 +41,7 @@ def time_train_step(name, dtype, batch, repeats):
     cfg = configs.get_config(name)
     cfg.compute_dtype = dtype
     mesh = sharding.make_mesh()
-    model, criterion = models.build(cfg), losses.build(cfg)
+    model, criterion = models.build(cfg), losses.build(cfg, mesh)
     variables = jax.device_get(models.init(model, cfg, jax.random.PRNGKey(0)))
     tx = optimizer.build_optimizer(cfg, variables["params"], iters_per_epoch=1000, epochs=int(cfg.epochs))
     state = sharding.replicate(create_state(variables, tx, jax.random.PRNGKey(1)), mesh)

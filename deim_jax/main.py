@@ -41,6 +41,9 @@ def _rewrite_config_arg(argv):
 
 def main(argv):
     del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/clu log every save at INFO
     cfg = _CONFIG.value
     if cfg is None:
         sys.exit(f"error: --config is required; available: {', '.join(configs.available())}")

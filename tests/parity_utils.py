@@ -1,9 +1,7 @@
 """Shared helpers for tests that use the official parity fixtures."""
 
 import functools
-import json
 import os
-import sys
 
 import numpy as np
 import pytest

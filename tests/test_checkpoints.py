@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from deim_jax.train import optimizer as opt_lib
 from deim_jax.train.checkpoints import CheckpointManager, abstract_like

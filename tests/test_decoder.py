@@ -3,7 +3,6 @@ the n and s fixtures, train-mode output structure, and (when the full model exis
 parity of n with and without denoising."""
 
 import importlib.util
-import math
 
 import jax
 import jax.numpy as jnp

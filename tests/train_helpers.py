@@ -2,17 +2,8 @@
 
 import os
 
-import jax
-
 from deim_jax import configs
 from deim_jax.data import demo
-
-
-def enable_compile_cache(path: str) -> None:
-    """Persistent XLA cache so repeated compiles of the same tiny train step are cheap."""
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def tiny_dataset(root: str, num_train: int = 8, num_val: int = 4) -> str:

@@ -252,6 +252,7 @@ class Criterion:
     matcher_gamma: float = 2.0
     matcher_method: str = "auto"
     axis_name: Optional[str] = None
+    mesh: Any = None  # data-parallel mesh: the matcher then solves each device's shard where it lives
 
     # -- matching --------------------------------------------------------------------------
     def _named_outputs(self, outputs):
@@ -277,8 +278,11 @@ class Criterion:
         tboxes = jnp.broadcast_to(targets["boxes"], (K,) + targets["boxes"].shape)
         cost = matcher.match_cost(logits, boxes, labels, tboxes, weights=tuple(self.matcher_weights),
                                   alpha=self.matcher_alpha, gamma=self.matcher_gamma)
-        idx = matcher.assign(cost, jnp.broadcast_to(targets["mask"], (K,) + targets["mask"].shape),
-                             method=self.matcher_method)
+        mask = jnp.broadcast_to(targets["mask"], (K,) + targets["mask"].shape)
+        if self.mesh is not None and self.mesh.size > 1:
+            idx = matcher.assign_sharded(cost, mask, self.mesh, batch_axis=1, method=self.matcher_method)
+        else:
+            idx = matcher.assign(cost, mask, method=self.matcher_method)
         out = {name: idx[k] for k, (name, _) in enumerate(named)}
         out["union_go"] = union_matching(idx, targets["labels"].shape[-1])
         if outputs.get("dn_outputs"):
@@ -432,9 +436,10 @@ class Criterion:
         return result
 
 
-def build(cfg) -> Criterion:
+def build(cfg, mesh=None) -> Criterion:
     """Criterion from a config: either the full experiment config (uses ``cfg.loss`` and
-    ``cfg.model.num_classes`` when present) or the ``loss`` sub-config itself."""
+    ``cfg.num_classes`` when present) or the ``loss`` sub-config itself. ``mesh``: the
+    data-parallel mesh of the train step (the Hungarian solves then stay on each shard)."""
     loss_cfg = cfg.loss if hasattr(cfg, "loss") or (isinstance(cfg, dict) and "loss" in cfg) else cfg
     if isinstance(cfg, dict) and "loss" in cfg:
         loss_cfg = cfg["loss"]
@@ -466,4 +471,5 @@ def build(cfg) -> Criterion:
         matcher_alpha=float(get(m, "alpha", 0.25)),
         matcher_gamma=float(get(m, "gamma", 2.0)),
         matcher_method=str(get(m, "method", "auto")),
+        mesh=mesh,
     )

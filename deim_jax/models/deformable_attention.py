@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deim_jax.models.layers import torch_kernel_init
 
 
 def bilinear_taps(loc: jax.Array, height: int, width: int):

@@ -13,7 +13,6 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deim_jax.models import box_ops
 from deim_jax.models.anchors import generate_anchors
@@ -22,14 +21,14 @@ from deim_jax.models.layers import (
     BatchNorm,
     Conv,
     LayerNorm,
+    MLP,
     MultiheadAttention,
     bias_init_with_prob,
     get_activation,
     inverse_sigmoid,
     torch_kernel_init,
 )
-
-xavier = nn.initializers.xavier_uniform()
+from deim_jax.models.layers import xavier_uniform as xavier
 
 
 def weighting_function(reg_max: int, up: jax.Array, reg_scale: jax.Array) -> jax.Array:
@@ -62,31 +61,6 @@ def distance2bbox(points: jax.Array, distance: jax.Array, reg_scale: jax.Array) 
     return box_ops.xyxy_to_cxcywh(jnp.stack([x1, y1, x2, y2], -1))
 
 
-class HeadMLP(nn.Module):
-    """Linear layers ``layers_i`` with ``act`` between them; per-layer init choices."""
-
-    hidden_dim: int
-    output_dim: int
-    num_layers: int
-    act: str = "relu"
-    xavier_init: bool = False
-    last_zero: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        f = get_activation(self.act)
-        for i in range(self.num_layers):
-            last = i == self.num_layers - 1
-            dim = self.output_dim if last else self.hidden_dim
-            kinit = xavier if self.xavier_init else torch_kernel_init
-            if last and self.last_zero:
-                kinit = nn.initializers.zeros
-            x = nn.Dense(dim, kernel_init=kinit, name=f"layers_{i}")(x)
-            if not last:
-                x = f(x)
-        return x
-
-
 class Gate(nn.Module):
     """``LN(g1 * x1 + g2 * x2)`` with ``[g1, g2] = sigmoid(Linear(cat[x1, x2]))`` (zero init)."""
 
@@ -115,7 +89,7 @@ class LQE(nn.Module):
         top, _ = jax.lax.top_k(p, self.k)
         stat = jnp.concatenate([top, jnp.mean(top, -1, keepdims=True)], -1)
         stat = stat.reshape(corners.shape[:-1] + (4 * (self.k + 1),))
-        q = HeadMLP(self.hidden_dim, 1, 2, act=self.act, last_zero=True, name="reg_conf")(stat)
+        q = MLP(self.hidden_dim, 1, 2, act=self.act, last_zero=True, name="reg_conf")(stat)
         return scores + q
 
 
@@ -251,7 +225,7 @@ class DFINETransformer(nn.Module):
         _, topk_ind = jax.lax.top_k(enc_scores, self.num_queries)
         topk_mem = jnp.take_along_axis(out_mem, topk_ind[..., None], axis=1)
         topk_anchors = jnp.take(anchors[0], topk_ind, axis=0)
-        enc_bbox_head = HeadMLP(d, 4, 3, act=self.mlp_act, last_zero=True, name="enc_bbox_head")
+        enc_bbox_head = MLP(d, 4, 3, act=self.mlp_act, last_zero=True, name="enc_bbox_head")
         topk_unact = enc_bbox_head(topk_mem) + topk_anchors
         content = jax.lax.stop_gradient(topk_mem)
         ref_unact = jax.lax.stop_gradient(topk_unact)
@@ -271,15 +245,15 @@ class DFINETransformer(nn.Module):
             embed(jnp.zeros((1, 1), jnp.int32))
 
         # heads
-        query_pos_head = HeadMLP(2 * d, d, 2, act=self.mlp_act, xavier_init=True, name="query_pos_head")
-        pre_bbox_head = HeadMLP(d, 4, 3, act=self.mlp_act, last_zero=True, name="pre_bbox_head")
+        query_pos_head = MLP(2 * d, d, 2, act=self.mlp_act, xavier_layers=(0, 1), name="query_pos_head")
+        pre_bbox_head = MLP(d, 4, 3, act=self.mlp_act, last_zero=True, name="pre_bbox_head")
         score_heads = [
             nn.Dense(self.num_classes, kernel_init=torch_kernel_init, bias_init=nn.initializers.constant(score_bias),
                      name=f"dec_score_head_{i}")
             for i in range(n_layers)
         ]
         bbox_heads = [
-            HeadMLP(d, 4 * (R + 1), 3, act=self.mlp_act, last_zero=True, name=f"dec_bbox_head_{i}")
+            MLP(d, 4 * (R + 1), 3, act=self.mlp_act, last_zero=True, name=f"dec_bbox_head_{i}")
             for i in range(n_layers)
         ]
         dec = TransformerDecoder(d, self.nhead, self.dim_feedforward, tuple(self.num_points), n_layers,
@@ -312,7 +286,6 @@ class DFINETransformer(nn.Module):
             out_prev = jax.lax.stop_gradient(out)
 
         logits, boxes, corners, refs = recs[-1]
-        q = self.num_queries
         if not train:
             res = {"pred_logits": logits[:, n_dn:], "pred_boxes": boxes[:, n_dn:], "enc_topk_indices": topk_ind}
             if return_debug:

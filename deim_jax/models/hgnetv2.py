@@ -13,13 +13,13 @@ ReLU, followed by a LearnableAffineBlock ``lab`` when ``use_lab``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import BatchNorm, Conv
+from deim_jax.models.layers import BatchNorm, Conv, backbone_freeze_filter, config_value
 
 # Stage row: (in, mid, out, num_blocks, downsample, light_block, kernel, layer_num).
 # B0/B2/B4/B5 are the ones DEIM-D-FINE uses (deim_dfine.md §3.2, proven by parity/param counts);
@@ -294,10 +294,6 @@ class HGNetv2(nn.Module):
         return outs
 
 
-def _get(cfg, key, default):
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
@@ -312,29 +308,13 @@ def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
     ``freeze_stem_only`` is False, stages 0..freeze_at as well; ``freeze_norm``
     freezes every BN scale/bias (FrozenBatchNorm2d holds them as buffers).
     """
-    freeze_at = int(_get(cfg_backbone, "freeze_at", -1))
-    freeze_norm = bool(_get(cfg_backbone, "freeze_norm", False))
-    stem_only = bool(_get(cfg_backbone, "freeze_stem_only", True))
+    freeze_at = int(config_value(cfg_backbone, "freeze_at", -1))
+    freeze_norm = bool(config_value(cfg_backbone, "freeze_norm", False))
+    stem_only = bool(config_value(cfg_backbone, "freeze_stem_only", True))
     frozen_tops = set()
     if freeze_at >= 0:
         frozen_tops.add("stem")
         if not stem_only:
             frozen_tops.update(f"stages_{i}" for i in range(min(freeze_at + 1, 4)))
 
-    def is_frozen(path: Tuple[str, ...]) -> bool:
-        path = tuple(str(getattr(p, "key", p)) for p in path)
-        if path and path[0] == "params":
-            path = path[1:]
-        if path and path[0] == "backbone":
-            path = path[1:]
-        elif path and path[0] in ("encoder", "decoder"):
-            return False
-        if not path:
-            return False
-        if path[0] in frozen_tops:
-            return True
-        if freeze_norm and len(path) >= 2 and path[-2] == "bn" and path[-1] in ("scale", "bias"):
-            return True
-        return False
-
-    return is_frozen
+    return backbone_freeze_filter(frozen_tops, freeze_norm, "bn")

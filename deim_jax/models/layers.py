@@ -13,7 +13,7 @@ Conventions (the converter in ``deim_jax.convert`` relies on them):
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -146,22 +146,28 @@ class ConvNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear layers ``layers_0..layers_{n-1}`` with ``act`` between them (not after the last)."""
+    """Linear layers ``layers_0..layers_{n-1}`` with ``act`` between them (not after the last).
+
+    Init: PyTorch's default, xavier-uniform for the layers listed in ``xavier_layers``, all-zero
+    kernel for the last layer when ``last_zero`` (biases start at zero).
+    """
 
     hidden_dim: int
     output_dim: int
     num_layers: int
     act: str = "relu"
-    last_zero_init: bool = False
+    xavier_layers: Tuple[int, ...] = ()
+    last_zero: bool = False
 
     @nn.compact
     def __call__(self, x):
         f = get_activation(self.act)
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
-            dim = self.output_dim if last else self.hidden_dim
-            init = nn.initializers.zeros if (last and self.last_zero_init) else torch_kernel_init
-            x = nn.Dense(dim, kernel_init=init, name=f"layers_{i}")(x)
+            init = xavier_uniform if i in self.xavier_layers else torch_kernel_init
+            if last and self.last_zero:
+                init = nn.initializers.zeros
+            x = nn.Dense(self.output_dim if last else self.hidden_dim, kernel_init=init, name=f"layers_{i}")(x)
             if not last:
                 x = f(x)
         return x
@@ -200,6 +206,41 @@ class MultiheadAttention(nn.Module):
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(query.shape[:-1] + (d,))
         return nn.Dense(d, kernel_init=torch_kernel_init, name="out_proj")(out)
+
+
+def config_value(cfg, key, default):
+    """``cfg[key]`` for a mapping or ConfigDict, ``getattr`` for a module; ``default`` when absent."""
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def backbone_freeze_filter(frozen_tops, freeze_norm: bool, norm_name: str) -> Callable[[Tuple], bool]:
+    """Predicate ``path -> frozen?`` for backbone parameters (the official freeze_at/freeze_norm rules).
+
+    ``frozen_tops``: top-level backbone submodules whose parameters are all frozen (the stem,
+    early stages). ``freeze_norm``: every BatchNorm scale/bias (named ``norm_name``) is frozen,
+    as FrozenBatchNorm2d holds them as buffers. ``path``: keys relative to the backbone, or from
+    the model root (``backbone/...``, optionally under ``params``); encoder/decoder paths are never
+    frozen. Keys may be strings or ``DictKey`` entries.
+    """
+    frozen_tops = frozenset(frozen_tops)
+
+    def is_frozen(path) -> bool:
+        path = tuple(str(getattr(p, "key", p)) for p in path)
+        if path and path[0] == "params":
+            path = path[1:]
+        if path and path[0] == "backbone":
+            path = path[1:]
+        elif path and path[0] in ("encoder", "decoder"):
+            return False
+        if not path:
+            return False
+        if path[0] in frozen_tops:
+            return True
+        return freeze_norm and len(path) >= 2 and path[-2] == norm_name and path[-1] in ("scale", "bias")
+
+    return is_frozen
 
 
 def inverse_sigmoid(x, eps: float = 1e-5):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import ConvNorm
+from deim_jax.models.layers import ConvNorm, backbone_freeze_filter, config_value
 
 # depth -> (block type, blocks per stage)
 ARCH = {
@@ -186,10 +186,6 @@ class PResNet(nn.Module):
         return outs
 
 
-def _get(cfg, key, default):
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
@@ -203,30 +199,14 @@ def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
     ``s < freeze_at``; ``freeze_norm`` makes every backbone BatchNorm a FrozenBatchNorm2d whose
     affine weights are buffers (never trained).
     """
-    freeze_at = int(_get(cfg_backbone, "freeze_at", -1))
-    freeze_norm = bool(_get(cfg_backbone, "freeze_norm", False))
+    freeze_at = int(config_value(cfg_backbone, "freeze_at", -1))
+    freeze_norm = bool(config_value(cfg_backbone, "freeze_norm", False))
     frozen_tops = set()
     if freeze_at >= 0:
         frozen_tops.add("conv1")
         frozen_tops.update(f"res_layers_{s}" for s in range(freeze_at))
 
-    def is_frozen(path: Tuple[str, ...]) -> bool:
-        path = tuple(str(getattr(p, "key", p)) for p in path)
-        if path and path[0] == "params":
-            path = path[1:]
-        if path and path[0] == "backbone":
-            path = path[1:]
-        elif path and path[0] in ("encoder", "decoder"):
-            return False
-        if not path:
-            return False
-        if path[0] in frozen_tops:
-            return True
-        if freeze_norm and len(path) >= 2 and path[-2] == "norm" and path[-1] in ("scale", "bias"):
-            return True
-        return False
-
-    return is_frozen
+    return backbone_freeze_filter(frozen_tops, freeze_norm, "norm")
 
 
 def frozen_mask(backbone_params: Mapping, cfg_backbone):

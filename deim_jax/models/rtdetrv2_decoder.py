@@ -32,42 +32,14 @@ from deim_jax.models.layers import (
     BatchNorm,
     Conv,
     LayerNorm,
+    MLP,
     MultiheadAttention,
     bias_init_with_prob,
     get_activation,
     inverse_sigmoid,
     torch_kernel_init,
 )
-
-xavier = nn.initializers.xavier_uniform()
-
-
-class _MLP(nn.Module):
-    """Linear layers ``layers_i`` (``act`` between them, not after the last).
-
-    ``xavier_layers``: indices initialised xavier-uniform (others PyTorch default);
-    ``last_zero``: the last layer's kernel and bias start at zero.
-    """
-
-    hidden_dim: int
-    output_dim: int
-    num_layers: int
-    act: str = "relu"
-    xavier_layers: Tuple[int, ...] = ()
-    last_zero: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        f = get_activation(self.act)
-        for i in range(self.num_layers):
-            last = i == self.num_layers - 1
-            kinit = xavier if i in self.xavier_layers else torch_kernel_init
-            if last and self.last_zero:
-                kinit = nn.initializers.zeros
-            x = nn.Dense(self.output_dim if last else self.hidden_dim, kernel_init=kinit, name=f"layers_{i}")(x)
-            if not last:
-                x = f(x)
-        return x
+from deim_jax.models.layers import xavier_uniform as xavier
 
 
 def discrete_sample(value, spatial_shapes, loc, weights, num_points):
@@ -291,7 +263,7 @@ class RTDETRTransformerv2(nn.Module):
         score_bias = nn.initializers.constant(bias_init_with_prob(0.01))
         enc_logits = nn.Dense(self.num_classes, kernel_init=torch_kernel_init, bias_init=score_bias,
                               name="enc_score_head")(out_mem)
-        enc_coord = _MLP(d, 4, 3, act=self.mlp_act, last_zero=True, name="enc_bbox_head")(out_mem) + anchors
+        enc_coord = MLP(d, 4, 3, act=self.mlp_act, last_zero=True, name="enc_bbox_head")(out_mem) + anchors
         enc_scores = jnp.max(enc_logits, axis=-1)
         _, topk_ind = jax.lax.top_k(enc_scores, self.num_queries)
         topk_mem = jnp.take_along_axis(out_mem, topk_ind[..., None], axis=1)
@@ -316,14 +288,14 @@ class RTDETRTransformerv2(nn.Module):
 
         # heads
         if self.query_pos_method == "as_reg":
-            query_pos_head = _MLP(d, d, 3, act=self.mlp_act, xavier_layers=(0, 1), name="query_pos_head")
+            query_pos_head = MLP(d, d, 3, act=self.mlp_act, xavier_layers=(0, 1), name="query_pos_head")
         elif self.query_pos_method == "default":
-            query_pos_head = _MLP(2 * d, d, 2, act=self.mlp_act, xavier_layers=(0, 1), name="query_pos_head")
+            query_pos_head = MLP(2 * d, d, 2, act=self.mlp_act, xavier_layers=(0, 1), name="query_pos_head")
         else:
             raise ValueError(f"query_pos_method {self.query_pos_method!r}: choose 'default' or 'as_reg'")
         score_heads = [nn.Dense(self.num_classes, kernel_init=torch_kernel_init, bias_init=score_bias,
                                 name=f"dec_score_head_{i}") for i in range(n_layers)]
-        bbox_heads = [_MLP(d, 4, 3, act=self.mlp_act, last_zero=True, name=f"dec_bbox_head_{i}")
+        bbox_heads = [MLP(d, 4, 3, act=self.mlp_act, last_zero=True, name=f"dec_bbox_head_{i}")
                       for i in range(n_layers)]
         dec = TransformerDecoder(d, self.nhead, self.dim_feedforward, tuple(self.num_points), n_layers,
                                  self.activation, self.cross_attn_method, name="decoder")

@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +73,9 @@ def initial_variables(cfg, model, rng) -> Dict[str, Any]:
         sd.update({k: fresh[k] for k in skipped})
         missing = sorted(k for k in fresh if k not in sd)
         sd.update({k: fresh[k] for k in missing})
-        log.info("init_from %s: %d entries loaded, %d re-initialized (shape differs): %s; %d missing "
-                 "(fresh init): %s; %d ignored (not in this model): %s", src, len(sd) - len(skipped) - len(missing),
-                 len(skipped), skipped, len(missing), missing[:20], len(unknown), unknown[:20])
+        print(f"init_from {src}: {len(sd) - len(skipped) - len(missing)} entries loaded; {len(skipped)} "
+              f"re-initialized (shape differs): {skipped}; {len(missing)} missing (fresh init): {missing[:20]}; "
+              f"{len(unknown)} ignored (not in this model): {unknown[:20]}")
         return convert.from_torch_state_dict(sd, cfg)
     mngr = checkpoints.CheckpointManager(src, best_metric=None)
     restored = mngr.restore()["train"]
@@ -91,7 +91,7 @@ def initial_variables(cfg, model, rng) -> Dict[str, Any]:
         return np.asarray(node) if np.shape(node) == np.shape(leaf) else leaf
 
     out = jax.tree_util.tree_map_with_path(pick, jax.device_get(variables))
-    log.info("init_from checkpoint %s (EMA weights; entries with another shape re-initialized)", src)
+    print(f"init_from checkpoint {src} (EMA weights; entries with another shape re-initialized)")
     return out
 
 
@@ -171,8 +171,35 @@ def _log_line(step, total, metrics, lr, ips, eta_s):
             f"lr {lr:.3e} {ips:.1f} img/s ETA {eta}")
 
 
-def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
-    """Train ``cfg`` in ``workdir`` (resuming if it has checkpoints); returns the last eval metrics."""
+_STEPS_CACHE: Dict[Any, Any] = {}
+
+
+def _jitted_steps(cfg, mesh, steps_per_epoch: int):
+    """Model, optimizer and the jitted train/predict steps of a config, cached by the config's
+    JSON so that runs of the same config in one process (a resume, tests) compile once."""
+    key = (cfg.to_json_best_effort(), mesh, steps_per_epoch)
+    if key not in _STEPS_CACHE:
+        model = models.build(cfg)
+        criterion = losses.build(cfg, mesh)
+        shapes = models.init_shapes(model, cfg)["params"]
+        tx = optimizer.build_optimizer(cfg, shapes, frozen=_frozen_filter(cfg), iters_per_epoch=steps_per_epoch,
+                                       epochs=int(cfg.epochs))
+        repl, batch_shard = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+        train_step = jax.jit(make_train_step(model, criterion, tx, cfg), in_shardings=(repl, batch_shard),
+                             out_shardings=(repl, repl), donate_argnums=(0,))
+        predict_step = jax.jit(make_predict_step(model, cfg), in_shardings=(repl, batch_shard),
+                               out_shardings=batch_shard)
+        _STEPS_CACHE.clear()  # keep one config's executables at a time
+        _STEPS_CACHE[key] = (model, tx, train_step, predict_step)
+    return _STEPS_CACHE[key]
+
+
+def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, Any]:
+    """Train ``cfg`` in ``workdir`` (resuming if it has checkpoints); returns the last eval metrics.
+
+    ``stop_at_step`` > 0: save a checkpoint and return once that step is reached (a run can then be
+    resumed by calling again, e.g. in time-limited jobs).
+    """
     sharding.maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -180,8 +207,6 @@ def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
             f.write(cfg.to_json_best_effort(indent=1))
     mesh = sharding.make_mesh()
     sharding.check_batch_size(cfg.batch_size, mesh)
-    model = models.build(cfg)
-    criterion = losses.build(cfg)
     train_records = data_lib.load_split(cfg, "train")
     val_records = data_lib.load_split(cfg, "val")
     steps_per_epoch = data_lib.steps_per_epoch(cfg, train_records)
@@ -189,9 +214,8 @@ def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
 
     rng = jax.random.PRNGKey(cfg.seed)
     init_rng, state_rng = jax.random.split(rng)
+    model, tx, train_step, predict_step = _jitted_steps(cfg, mesh, steps_per_epoch)
     variables = initial_variables(cfg, model, init_rng)
-    tx = optimizer.build_optimizer(cfg, variables["params"], frozen=_frozen_filter(cfg),
-                                   iters_per_epoch=steps_per_epoch, epochs=int(cfg.epochs))
     if jax.process_index() == 0:
         print(optimizer.format_param_group_report(
             optimizer.param_group_report(variables["params"], cfg, _frozen_filter(cfg))))
@@ -202,16 +226,11 @@ def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
     if mngr.latest_step() is not None:
         restored = mngr.restore(target=state)
         state, data_state = restored["train"], restored["data"]
-        log.info("resumed from step %d of %s", restored["step"], mngr.directory)
-        print(f"resumed from checkpoint step {restored['step']}")
+        print(f"resumed from checkpoint step {restored['step']} in {mngr.directory}")
     train_iter = data_lib.build_train_iterator(
         cfg, seed=cfg.seed, start_step=int(state.step), state=data_state or None,
         process_index=jax.process_index(), process_count=jax.process_count(), records=train_records)
 
-    repl, batch_shard = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(model, criterion, tx, cfg), in_shardings=(repl, batch_shard),
-                         out_shardings=(repl, repl), donate_argnums=(0,))
-    predict_step = jax.jit(make_predict_step(model, cfg), in_shardings=(repl, batch_shard), out_shardings=batch_shard)
     lr_fn = _lr_of_default_group(cfg, steps_per_epoch)
     writer = _summary_writer(workdir)
     log_every = int(cfg.get("log_every_steps", 50))
@@ -253,7 +272,8 @@ def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
                         writer.write_scalars(step, {**{f"train/{k}": v for k, v in metrics.items()},
                                                     "train/lr": lr, "train/images_per_s": ips})
             end_of_epoch = step % steps_per_epoch == 0
-            if end_of_epoch or stop.requested or step == total_steps:
+            stopping = stop.requested or step == stop_at_step
+            if end_of_epoch or stopping or step == total_steps:
                 epoch_done = step // steps_per_epoch
                 eval_metrics = None
                 if end_of_epoch and (epoch_done % eval_every == 0 or step == total_steps):
@@ -262,7 +282,7 @@ def train_and_evaluate(cfg, workdir: str) -> Dict[str, Any]:
                     _record_eval(workdir, step, epoch_done, eval_metrics, writer)
                 save_metrics = {"AP": eval_metrics["AP"]} if eval_metrics else None
                 mngr.save(step, state, train_iter.get_state(), cfg, metrics=save_metrics, force=True)
-                if stop.requested:
+                if stopping:
                     mngr.wait_until_finished()
                     print(f"stopped at step {step}; checkpoint saved in {mngr.directory}")
                     break
