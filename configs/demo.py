@@ -4,33 +4,24 @@
 
 Same code path as the COCO recipes (Dense O2O augmentation with Mosaic and MixUp, MAL,
 union matching, FGL/DDF, denoising, EMA, flat-cosine lr); the model is DEIM-D-FINE-N with
-narrower encoder/decoder, 100 queries and 256-px inputs so that it trains in minutes on a
-2-core CPU. The demo set is generated into ``data.root`` on first use.
+a narrower encoder/decoder, 60 queries and 256-px inputs so that it trains in minutes on a
+2-core CPU. The demo set is generated into ``data/demo`` on first use.
 """
 
 from configs import dfine
 from deim_jax.data import defaults as data_defaults
 
 
-def get_config(arg=None):
-    c = dfine.get_config("n")
-    c.name = "demo"
+def demo_recipe(c, epochs: int = 16):
+    """Shared demo settings: 4 classes, 256 px, 60 queries, short schedule, the demo data set."""
     c.num_classes = 4
     c.remap_mscoco_category = False
     c.eval_spatial_size = (256, 256)
     c.num_top_queries = 60
+    c.model.decoder.num_queries = 60
+    c.model.decoder.num_denoising = 30
 
-    enc = c.model.encoder
-    enc.hidden_dim = 64
-    enc.dim_feedforward = 256
-    dec = c.model.decoder
-    dec.feat_channels = (64, 64)
-    dec.hidden_dim = 64
-    dec.dim_feedforward = 256
-    dec.num_queries = 60
-    dec.num_denoising = 30
-
-    c.epochs = 16
+    c.epochs = epochs
     c.batch_size = 8
     c.eval_every_epochs = 4
     c.log_every_steps = 16
@@ -47,5 +38,18 @@ def get_config(arg=None):
     c.data = data_defaults.demo_data_config(root="data/demo", batch_size=8, image_size=256, epochs=(3, 8, 14))
     c.data.batch_size = c.get_ref("batch_size")
     c.data.remap_mscoco_category = c.get_ref("remap_mscoco_category")
-    c.data.generate_demo = True  # write the demo set into data.root if it is missing
+    c.data.generate_demo = True  # write the demo set into data/demo if it is missing
     return c
+
+
+def get_config(arg=None):
+    c = dfine.get_config("n")
+    c.name = "demo"
+    enc = c.model.encoder
+    enc.hidden_dim = 64
+    enc.dim_feedforward = 256
+    dec = c.model.decoder
+    dec.feat_channels = (64, 64)
+    dec.hidden_dim = 64
+    dec.dim_feedforward = 256
+    return demo_recipe(c)
