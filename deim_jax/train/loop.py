@@ -335,12 +335,21 @@ def evaluate_checkpoint(cfg, workdir: str, use_ema: bool = True) -> Dict[str, An
     model = models.build(cfg)
     val_records = data_lib.load_split(cfg, "val")
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(ckpt_dir) and checkpoints.CheckpointManager(ckpt_dir).latest_step() is not None:
+    step = epoch = 0
+    latest = None
+    if os.path.isdir(ckpt_dir):
         mngr = checkpoints.CheckpointManager(ckpt_dir)
-        restored = mngr.restore()["train"]
+        latest = mngr.latest_step()
+        if latest is not None:
+            restored = mngr.restore(latest)
+            step = restored["step"]
+            epoch = int(np.asarray((restored.get("data") or {}).get("epoch", 0)))
+            train = restored["train"]
+            variables = {"params": train["ema_params" if use_ema else "params"],
+                         "batch_stats": train["ema_batch_stats" if use_ema else "batch_stats"]}
         mngr.close()
-        variables = {"params": restored["ema_params" if use_ema else "params"],
-                     "batch_stats": restored["ema_batch_stats" if use_ema else "batch_stats"]}
+    if latest is not None:
+        print(f"evaluating the {'EMA ' if use_ema else ''}weights of checkpoint step {step} in {ckpt_dir}")
     elif cfg.get("init_from", ""):
         variables = initial_variables(cfg, model, jax.random.PRNGKey(0))
     else:
@@ -351,5 +360,5 @@ def evaluate_checkpoint(cfg, workdir: str, use_ema: bool = True) -> Dict[str, An
     predict_step = jax.jit(make_predict_step(model, cfg, use_ema=False))
     metrics = evaluate(cfg, lambda im: predict_step(state, im), mesh, val_records)
     os.makedirs(workdir, exist_ok=True)
-    _record_eval(workdir, 0, 0, metrics, None)
+    _record_eval(workdir, step, epoch, metrics, None)
     return metrics
