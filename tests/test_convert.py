@@ -7,6 +7,11 @@ from deim_jax import configs, convert, models
 from tests.parity_utils import synth_state_dict
 
 OFFICIAL_PARAMS = {
+    "rtdetrv2_r18": 20_183_440,
+    "rtdetrv2_r34": 31_440_644,
+    "rtdetrv2_r50m": 33_198_864,
+    "rtdetrv2_r50": 42_943_596,
+    "rtdetrv2_r101": 76_660_716,
     "dfine_n": 3_782_693,
     "dfine_s": 10_321_877,
     "dfine_m": 19_590_064,
@@ -22,7 +27,7 @@ def test_parameter_counts_equal_official(name):
     assert models.count_params(shapes["params"]) == OFFICIAL_PARAMS[name]
 
 
-@pytest.mark.parametrize("fixture,name", [("n", "dfine_n"), ("s", "dfine_s")])
+@pytest.mark.parametrize("fixture,name", [("n", "dfine_n"), ("s", "dfine_s"), ("rtdetrv2_r18", "rtdetrv2_r18")])
 def test_round_trip_is_exact(fixture, name):
     sd = synth_state_dict(fixture)
     cfg = configs.get_config(name)
@@ -81,3 +86,22 @@ def test_load_pth_prefers_ema_and_never_unpickles_code(tmp_path):
         convert.load_pth(str(tmp_path / "evil.pth"))
     with pytest.raises(FileNotFoundError):
         convert.load_pth(str(tmp_path / "missing.pth"))
+
+
+def test_frozen_batchnorm_checkpoints_have_no_batch_counter():
+    """RT-DETRv2 R50 baseline: FrozenBatchNorm2d in the backbone (no num_batches_tracked); round trip exact."""
+    cfg = configs.get_config("rtdetrv2_r50_baseline")
+    rng = np.random.default_rng(0)
+    shapes = models.init_shapes(models.build(cfg), cfg)
+    import jax
+
+    variables = jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape).astype(x.dtype)
+                                       if np.issubdtype(x.dtype, np.floating) else np.zeros(x.shape, x.dtype), shapes)
+    sd = convert.to_torch_state_dict(variables, cfg)
+    backbone_counts = [k for k in sd if k.startswith("backbone.") and k.endswith("num_batches_tracked")]
+    assert not backbone_counts
+    assert any(k.startswith("encoder.") and k.endswith("num_batches_tracked") for k in sd)
+    back = convert.from_torch_state_dict(sd, cfg)
+    for (pa, a), (pb, b) in zip(jax.tree_util.tree_leaves_with_path(variables), jax.tree_util.tree_leaves_with_path(back)):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

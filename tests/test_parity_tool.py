@@ -21,7 +21,7 @@ def _relocated(tmp_path, name):
     return str(dst)
 
 
-@pytest.mark.parametrize("name", ["n", "s", "l"])
+@pytest.mark.parametrize("name", ["n", "s", "l", "rtdetrv2_r18", "rtdetrv2_r50"])
 def test_eval_parity(tmp_path, name, capsys):
     fx = _relocated(tmp_path, name) if name == "n" else fixture_dir(name)
     report_path = tmp_path / "report.json"
@@ -46,3 +46,16 @@ def test_config_names_map():
     assert parity.config_name_for("deim_r18vd_120e_coco") == "rtdetrv2_r18"
     with pytest.raises(ValueError, match="does not map"):
         parity.config_name_for("yolo")
+
+
+def test_train_parity_n(tmp_path, capsys):
+    """Train mode through the tool: outputs, every matching and every loss term of n (both variants)."""
+    report_path = tmp_path / "report.json"
+    code = parity.main([fixture_dir("n"), "--modes", "train", "--report", str(report_path)])
+    out = capsys.readouterr().out
+    report = json.load(open(report_path))["n"]
+    failed = {k: v for k, v in report.items() if not v["ok"]}
+    assert code == 0 and not failed, f"{failed}\n{out}"
+    assert report["train/dn/loss_total"]["max_rel"] <= 1e-3
+    assert report["train/nodn/matcher/union_go"]["max_abs"] == 0
+    assert sum(k.startswith("train/dn/loss/") for k in report) == 37

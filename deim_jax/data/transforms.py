@@ -112,8 +112,8 @@ def adjust_brightness(img, f):
 
 
 def adjust_contrast(img, f):
-    """PIL ImageEnhance.Contrast: blend with the rounded mean of the grey image."""
-    mean = tf.round(tf.reduce_mean(_gray(img)))
+    """PIL ImageEnhance.Contrast: blend with the rounded mean of the (8-bit, rounded) grey image."""
+    mean = tf.round(tf.reduce_mean(tf.round(_gray(img))))
     return quantize_trunc(f * img + (1.0 - f) * mean)
 
 

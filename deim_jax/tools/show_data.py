@@ -11,31 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
-from PIL import Image, ImageDraw
 
-COLORS = [(255, 0, 0), (0, 255, 0), (0, 128, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
-
-
-def draw_batch(batch, names=None, cols: int = 4, cell: int = 256):
-    """Grid image (PIL) of a train batch; boxes in normalized cxcywh."""
-    imgs = batch["image"]
-    n = imgs.shape[0]
-    rows = int(np.ceil(n / cols))
-    grid = Image.new("RGB", (cols * cell, rows * cell), (32, 32, 32))
-    for i in range(n):
-        im = Image.fromarray(np.clip(imgs[i] * 255 + 0.5, 0, 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
-        d = ImageDraw.Draw(im)
-        for b, l, m in zip(batch["boxes"][i], batch["labels"][i], batch["mask"][i]):
-            if not m:
-                continue
-            cx, cy, w, h = (b * cell).tolist()
-            c = COLORS[int(l) % len(COLORS)]
-            d.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=c, width=2)
-            d.text((cx - w / 2 + 2, cy - h / 2 + 1), names.get(int(l), str(int(l))) if names else str(int(l)), fill=c)
-        grid.paste(im, ((i % cols) * cell, (i // cols) * cell))
-    return grid
-
+from deim_jax.evaluate.visualize import draw_batch
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from deim_jax import convert, losses, models
 from deim_jax import data as data_lib
 from deim_jax.evaluate import postprocess as pp
 from deim_jax.evaluate.coco_eval import CocoEvaluator, format_per_class
+from deim_jax.evaluate.visualize import predictions_grid
 from deim_jax.train import checkpoints, optimizer, sharding
 from deim_jax.train.train_step import TrainState, create_state, make_predict_step, make_train_step
 
@@ -131,10 +132,12 @@ def _summary_writer(workdir):
         return None
 
 
-def evaluate(cfg, predict, mesh, records) -> Dict[str, Any]:
+def evaluate(cfg, predict, mesh, records, picture: Optional[list] = None) -> Dict[str, Any]:
     """COCO AP on the validation split of ``predict(images) -> {'pred_logits', 'pred_boxes'}``.
 
     ``images`` is the global eval batch; every image is counted once (padding is masked).
+    ``picture``: if a list is given, a grid (uint8 array) of the first validation images with
+    their predictions drawn is appended to it.
     """
     coco_gt = coco_gt_of(records)
     evaluator = CocoEvaluator(coco_gt)
@@ -151,6 +154,9 @@ def evaluate(cfg, predict, mesh, records) -> Dict[str, Any]:
                 for k in ("image_id", "orig_size", "valid")}
         res = jax.device_get(post(out["pred_logits"], out["pred_boxes"], meta["orig_size"]))
         evaluator.add(meta["image_id"], res["boxes"], res["scores"], label_to_cat[res["labels"]], meta["valid"])
+        if picture is not None and not picture and jax.process_index() == 0:
+            grid = predictions_grid(local["image"], out["pred_logits"], out["pred_boxes"], records.category_names)
+            picture.append(np.asarray(grid))
     return evaluator.summarize(verbose=jax.process_index() == 0)
 
 
@@ -277,9 +283,12 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
                 epoch_done = step // steps_per_epoch
                 eval_metrics = None
                 if end_of_epoch and (epoch_done % eval_every == 0 or step == total_steps):
-                    eval_metrics = evaluate(cfg, lambda im: predict_step(state, im), mesh, val_records)
+                    picture = []
+                    eval_metrics = evaluate(cfg, lambda im: predict_step(state, im), mesh, val_records, picture)
                     last_metrics = eval_metrics
                     _record_eval(workdir, step, epoch_done, eval_metrics, writer)
+                    if writer is not None and picture:
+                        writer.write_images(step, {"eval/predictions": picture[0][None]})
                 save_metrics = {"AP": eval_metrics["AP"]} if eval_metrics else None
                 mngr.save(step, state, train_iter.get_state(), cfg, metrics=save_metrics, force=True)
                 if stopping:
