@@ -119,3 +119,30 @@ def test_init_from_pth_with_other_class_count(data_root, tmp_path):
                                   p_fresh["decoder"]["enc_score_head"]["kernel"])
     np.testing.assert_array_equal(p_got["decoder"]["denoising_class_embed"]["embedding"],
                                   p_fresh["decoder"]["denoising_class_embed"]["embedding"])
+
+
+def test_non_finite_step_is_detected_and_can_be_skipped(data_root):
+    """A NaN input gives finite=False; with skip_nonfinite_steps the state (step counter too) is unchanged."""
+    from deim_jax import losses, models
+    from deim_jax.train import optimizer
+    from deim_jax.train.train_step import create_state, make_train_step
+
+    cfg = tiny_config(data_root)
+    cfg.skip_nonfinite_steps = True
+    model, criterion = models.build(cfg), losses.build(cfg)
+    variables = jax.device_get(models.init(model, cfg, jax.random.PRNGKey(0)))
+    tx = optimizer.build_optimizer(cfg, variables["params"], iters_per_epoch=2, epochs=1)
+    state = create_state(variables, tx, jax.random.PRNGKey(1))
+    step = jax.jit(make_train_step(model, criterion, tx, cfg))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((2, 96, 96, 3), np.float32),
+             "boxes": np.tile(np.array([[[0.5, 0.5, 0.3, 0.3]]], np.float32), (2, 16, 1)),
+             "labels": np.zeros((2, 16), np.int32), "mask": np.arange(16)[None].repeat(2, 0) < 2}
+    good, m = step(state, batch)
+    assert bool(m["finite"]) and int(good.step) == 1
+    batch["image"][0, 0, 0, 0] = np.nan
+    bad, m = step(good, batch)
+    assert not bool(m["finite"])
+    assert int(bad.step) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(bad.params), jax.tree_util.tree_leaves(good.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
