@@ -91,16 +91,21 @@ def _bce_with_logits(x, t):
 # `query_valid` [B, Q] or [Q] bool excludes slots (unused denoising slots) from every sum.
 # ----------------------------------------------------------------------------------------------
 
+def _matched_onehot_iou(logits, boxes, idx, tgt_labels, tgt_boxes):
+    """One-hot matched class t [B, Q, C] (0 for unmatched queries) and the detached IoU [B, Q] of
+    each matched query's box with its target (0 when unmatched)."""
+    matched = idx >= 0
+    labels = _gather_targets(idx, tgt_labels)
+    t = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32) * matched[..., None]
+    iou = _matched_iou(boxes, _gather_boxes(idx, tgt_boxes))
+    return t, jnp.where(matched, iou, 0.0)
+
+
 def loss_mal(logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma=1.5, alpha=None,
              query_valid=None):
     """Matchability-aware loss (§6.3): BCE(x, (IoU*onehot)^gamma) * (p^gamma (1-t) + t) / N."""
     logits = logits.astype(jnp.float32)
-    C = logits.shape[-1]
-    matched = idx >= 0
-    labels = _gather_targets(idx, tgt_labels)
-    t = jax.nn.one_hot(labels, C, dtype=jnp.float32) * matched[..., None]
-    iou = _matched_iou(boxes, _gather_boxes(idx, tgt_boxes))
-    iou = jnp.where(matched, iou, 0.0)
+    t, iou = _matched_onehot_iou(logits, boxes, idx, tgt_labels, tgt_boxes)
     score = (iou[..., None] * t) ** gamma
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits))
     neg = p ** gamma * (1.0 - t)
@@ -117,12 +122,7 @@ def loss_vfl(logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma=2.0, al
              query_valid=None):
     """Varifocal loss (§6.3, D-FINE recipe): BCE(x, IoU*t) * (alpha p^gamma (1-t) + IoU*t) / N."""
     logits = logits.astype(jnp.float32)
-    C = logits.shape[-1]
-    matched = idx >= 0
-    labels = _gather_targets(idx, tgt_labels)
-    t = jax.nn.one_hot(labels, C, dtype=jnp.float32) * matched[..., None]
-    iou = _matched_iou(boxes, _gather_boxes(idx, tgt_boxes))
-    iou = jnp.where(matched, iou, 0.0)
+    t, iou = _matched_onehot_iou(logits, boxes, idx, tgt_labels, tgt_boxes)
     score = iou[..., None] * t
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits))
     w = alpha * p ** gamma * (1.0 - t) + score

@@ -14,6 +14,7 @@ SIGTERM/SIGINT save a checkpoint at the next step and exit cleanly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -161,14 +162,19 @@ def evaluate(cfg, predict, mesh, records, picture: Optional[list] = None) -> Dic
 
 
 def coco_gt_of(records):
-    """pycocotools COCO object of a split (from its annotation file)."""
+    """pycocotools COCO object of a split (read once per annotation file)."""
+    return _coco_gt(records.annotations_file)
+
+
+@functools.lru_cache(maxsize=2)
+def _coco_gt(annotations_file: str):
     import contextlib
     import io
 
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(records.annotations_file)
+        return COCO(annotations_file)
 
 
 def _log_line(step, total, metrics, lr, ips, eta_s):
