@@ -11,7 +11,7 @@ import pytest
 
 from deim_jax import losses
 from deim_jax.losses import criterion as C
-from deim_jax.losses import fdr
+from deim_jax.ops import fdr
 from tests.parity_utils import load_npz
 
 M_PAD = 5  # targets padded beyond the real maximum (3) to exercise the mask

@@ -11,7 +11,7 @@ import pytest
 
 from deim_jax import convert
 from deim_jax.models import denoising
-from deim_jax.models.anchors import generate_anchors
+from deim_jax.ops.anchors import generate_anchors
 from deim_jax.models.deformable_attention import (
     MSDeformableAttention,
     grid_sample_bilinear,
@@ -19,7 +19,8 @@ from deim_jax.models.deformable_attention import (
     sampling_offset_bias,
     split_heads,
 )
-from deim_jax.models.dfine_decoder import DFINETransformer, distance2bbox, integral, weighting_function
+from deim_jax.models.dfine_decoder import DFINETransformer
+from deim_jax.ops.fdr import distance2bbox, integral, weighting_function
 from tests import parity_utils as pu
 
 try:  # PyTorch is only the reference for the sampler tests

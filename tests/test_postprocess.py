@@ -5,18 +5,19 @@ import numpy as np
 import pytest
 
 from deim_jax.evaluate import postprocess as pp
+from deim_jax.ops import coco_categories as cats
 from tests.parity_utils import load_npz
 
 
 def test_coco_category_maps():
-    ids = pp.MSCOCO_CATEGORY_IDS
+    ids = cats.MSCOCO_CATEGORY_IDS
     assert len(ids) == 80 and list(ids) == sorted(ids) and ids[0] == 1 and ids[-1] == 90
     assert set(range(1, 91)) - set(ids) == {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
-    for lab, cat in pp.MSCOCO_LABEL2CATEGORY.items():
-        assert pp.MSCOCO_CATEGORY2LABEL[cat] == lab
-    np.testing.assert_array_equal(np.asarray(pp.label_to_category(np.arange(80))), ids)
-    np.testing.assert_array_equal(pp.category_to_label(np.asarray(ids)), np.arange(80))
-    assert pp.category_to_label(np.asarray([12]))[0] == -1
+    for lab, cat in cats.MSCOCO_LABEL2CATEGORY.items():
+        assert cats.MSCOCO_CATEGORY2LABEL[cat] == lab
+    np.testing.assert_array_equal(np.asarray(cats.label_to_category(np.arange(80))), ids)
+    np.testing.assert_array_equal(cats.category_to_label(np.asarray(ids)), np.arange(80))
+    assert cats.category_to_label(np.asarray([12]))[0] == -1
 
 
 def test_small_example_by_hand():

@@ -53,17 +53,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from deim_jax.ops.coco_categories import MSCOCO_CATEGORY2LABEL, MSCOCO_CATEGORY_IDS, MSCOCO_LABEL2CATEGORY  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-# The 80 COCO category ids (1..90 with gaps) in ascending order -> contiguous 0..79.
-MSCOCO_CATEGORY_IDS = [
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27,
-    28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53,
-    54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
-    81, 82, 84, 85, 86, 87, 88, 89, 90]
-MSCOCO_CATEGORY2LABEL = {c: i for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
-MSCOCO_LABEL2CATEGORY = {i: c for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
-
 
 @dataclasses.dataclass
 class CocoRecords:

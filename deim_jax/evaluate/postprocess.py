@@ -9,33 +9,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from deim_jax.models import box_ops
-
-# The 80 COCO category ids (1..90 with gaps), ascending: contiguous label i -> MSCOCO_CATEGORY_IDS[i].
-MSCOCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
-    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-    56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
-    85, 86, 87, 88, 89, 90,
-)
-MSCOCO_LABEL2CATEGORY = {i: c for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
-MSCOCO_CATEGORY2LABEL = {c: i for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
-
-
-def label_to_category(labels):
-    """Contiguous labels 0..79 (any int array) -> COCO category ids."""
-    table = jnp.asarray(np.asarray(MSCOCO_CATEGORY_IDS, np.int32))
-    return table[labels]
-
-
-def category_to_label(categories):
-    """COCO category ids (numpy ints) -> contiguous labels; unknown ids give -1."""
-    table = np.full(max(MSCOCO_CATEGORY_IDS) + 1, -1, np.int64)
-    table[list(MSCOCO_CATEGORY_IDS)] = np.arange(len(MSCOCO_CATEGORY_IDS))
-    return table[np.asarray(categories)]
-
+from deim_jax.ops import boxes as box_ops
+from deim_jax.ops.coco_categories import label_to_category
 
 def postprocess(pred_logits, pred_boxes, orig_sizes, num_top_queries: int = 300,
                 remap_mscoco_category: bool = True):

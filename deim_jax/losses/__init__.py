@@ -1,4 +1,3 @@
-"""Losses: the DEIM criterion (``build(cfg)``, ``Criterion``), the Hungarian matcher, FDR helpers."""
+"""Losses: the DEIM criterion (``build(cfg)``, ``Criterion``) and the Hungarian matcher."""
 
-from deim_jax.losses import fdr  # noqa: F401
 from deim_jax.losses.criterion import Criterion, build, dn_matching, union_matching  # noqa: F401

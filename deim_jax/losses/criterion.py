@@ -23,8 +23,8 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from deim_jax.losses import fdr
-from deim_jax.models import box_ops
+from deim_jax.ops import fdr
+from deim_jax.ops import boxes as box_ops
 
 Array = Any
 

@@ -122,7 +122,7 @@ def match_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes,
     Returns cost [..., Q, M] float32 = w_bbox*L1 + w_class*focal + w_giou*(-GIoU), no gradient.
     Padded target columns get whatever their (dummy) boxes give; the solver ignores them.
     """
-    from deim_jax.models import box_ops  # lazy: keeps `assign` importable on its own
+    from deim_jax.ops import boxes as box_ops  # lazy: keeps `assign` importable on its own
 
     w_class, w_bbox, w_giou = weights
     pred_logits = jax.lax.stop_gradient(jnp.asarray(pred_logits, jnp.float32))

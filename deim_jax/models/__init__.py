@@ -66,7 +66,7 @@ def derived_constants(cfg, log=np.log) -> Dict[str, np.ndarray]:
 
     ``log``: the float32 logarithm used for the anchor logits (see ``anchors.generate_anchors``).
     """
-    from deim_jax.models.anchors import generate_anchors
+    from deim_jax.ops.anchors import generate_anchors
 
     d = cfg.model.decoder
     h, w = cfg.eval_spatial_size

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models import box_ops
+from deim_jax.ops import boxes as box_ops
 from deim_jax.models.layers import inverse_sigmoid
 
 

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models import box_ops
-from deim_jax.models.anchors import generate_anchors
+from deim_jax.ops.anchors import generate_anchors
+from deim_jax.ops.fdr import distance2bbox, integral, weighting_function
 from deim_jax.models.deformable_attention import MSDeformableAttention, split_heads
 from deim_jax.models.layers import (
     BatchNorm,
@@ -29,36 +29,6 @@ from deim_jax.models.layers import (
     torch_kernel_init,
 )
 from deim_jax.models.layers import xavier_uniform as xavier
-
-
-def weighting_function(reg_max: int, up: jax.Array, reg_scale: jax.Array) -> jax.Array:
-    """The non-uniform bin values W [reg_max + 1] of FDR (symmetric, W[reg_max/2] = 0)."""
-    up = jnp.abs(jnp.reshape(up, (-1,))[0].astype(jnp.float32))
-    rs = jnp.abs(jnp.reshape(reg_scale, (-1,))[0].astype(jnp.float32))
-    u1 = up * rs
-    u2 = up * rs * 2
-    step = (u1 + 1) ** (2.0 / (reg_max - 2))
-    left = [-(step**i) + 1 for i in range(reg_max // 2 - 1, 0, -1)]
-    right = [step**i - 1 for i in range(1, reg_max // 2)]
-    vals = [-u2] + left + [jnp.zeros((), jnp.float32)] + right + [u2]
-    return jnp.stack(vals)
-
-
-def integral(corners: jax.Array, project: jax.Array, reg_max: int) -> jax.Array:
-    """[..., 4 * (R+1)] corner logits -> [..., 4] expected distances (softmax per edge dot W)."""
-    p = jax.nn.softmax(corners.reshape(corners.shape[:-1] + (4, reg_max + 1)), axis=-1)
-    return jnp.einsum("...en,n->...e", p, project)
-
-
-def distance2bbox(points: jax.Array, distance: jax.Array, reg_scale: jax.Array) -> jax.Array:
-    """Decode edge distances relative to ``points`` (cxcywh) -> cxcywh (no clamping)."""
-    rs = jnp.abs(jnp.reshape(reg_scale, (-1,))[0].astype(points.dtype))
-    cx, cy, w, h = (points[..., i] for i in range(4))
-    x1 = cx - (0.5 * rs + distance[..., 0]) * (w / rs)
-    y1 = cy - (0.5 * rs + distance[..., 1]) * (h / rs)
-    x2 = cx + (0.5 * rs + distance[..., 2]) * (w / rs)
-    y2 = cy + (0.5 * rs + distance[..., 3]) * (h / rs)
-    return box_ops.xyxy_to_cxcywh(jnp.stack([x1, y1, x2, y2], -1))
 
 
 class Gate(nn.Module):

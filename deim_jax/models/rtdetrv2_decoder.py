@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.anchors import generate_anchors
+from deim_jax.ops.anchors import generate_anchors
 from deim_jax.models.deformable_attention import (
     deformable_sample,
     num_points_scale,

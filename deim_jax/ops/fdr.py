@@ -1,12 +1,15 @@
-"""Fine-grained distribution refinement helpers used by the loss (deim_dfine.md §5.7, §6.5).
+"""Fine-grained distribution refinement maths (deim_dfine.md §5.7, §6.5): the bin values W,
+decoding edge distances to boxes (decoder) and binning target distances (loss).
 
-The decoder has its own copy; these are the loss-side versions (target construction).
-All functions broadcast over leading axes and are jit-able.
+All functions broadcast over leading axes and are jit-able. Boxes are cxcywh unless named xyxy.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+
+from deim_jax.ops import boxes
 
 
 def weighting_function(reg_max: int, up, reg_scale):
@@ -67,12 +70,18 @@ def bbox2distance(points, bbox_xyxy, reg_max: int, up, reg_scale, eps: float = 0
     return index, wr, wl
 
 
+def integral(corners, project, reg_max: int):
+    """[..., 4 * (R+1)] corner logits -> [..., 4] expected distances (softmax per edge, dot W)."""
+    p = jax.nn.softmax(corners.reshape(corners.shape[:-1] + (4, reg_max + 1)), axis=-1)
+    return jnp.einsum("...en,n->...e", p, project)
+
+
 def distance2bbox(points, distance, reg_scale):
-    """Reference boxes points (cxcywh) + edge distances [..., 4] -> cxcywh boxes (no clamping)."""
-    rs = jnp.abs(jnp.reshape(jnp.asarray(reg_scale, jnp.float32), ()))
+    """Reference boxes ``points`` (cxcywh) + edge distances [..., 4] -> cxcywh boxes (no clamping)."""
+    rs = jnp.abs(jnp.reshape(jnp.asarray(reg_scale), (-1,))[0].astype(points.dtype))
     cx, cy, w, h = (points[..., i] for i in range(4))
     x1 = cx - (0.5 * rs + distance[..., 0]) * (w / rs)
     y1 = cy - (0.5 * rs + distance[..., 1]) * (h / rs)
     x2 = cx + (0.5 * rs + distance[..., 2]) * (w / rs)
     y2 = cy + (0.5 * rs + distance[..., 3]) * (h / rs)
-    return jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1)
+    return boxes.xyxy_to_cxcywh(jnp.stack([x1, y1, x2, y2], -1))
