@@ -50,23 +50,25 @@ def main():
     import tensorflow as tf
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    import ml_collections
+    from deim_jax import configs
     from deim_jax import data
     from deim_jax.data import transforms as T
 
     a.num = a.num or (a.batches + 2) * a.batch     # the timed batches stay within one epoch
     root = tempfile.mkdtemp()
     imgs, ann = make_set(root, a.num)
-    c = ml_collections.ConfigDict()
-    c.num_classes = 4
-    c.data = data.coco_data_config("l")
+    defaults = configs.module("defaults")
+    c = defaults.run("bench", "deim", epochs=1, batch_size=a.batch, num_classes=4)
+    t = defaults.DFINE_DATA["l"]
+    c.data = defaults.coco_data(c, eval_batch_size=a.batch, base_size_repeat=None, policy_epochs=t["policy_epochs"],
+                                mixup_epochs=t["mixup_epochs"], stop_epoch=t["stop_epoch"])
     c.data.train.images, c.data.train.annotations = imgs, ann
     c.data.remap_mscoco_category = False
     c.data.batch_size = a.batch
     c.data.num_parallel_calls = 1
     c.data.prefetch = 1
     c.data.base_size_repeat = None
-    rec = data.load_split(c, "train")
+    rec = data.load_split(c.data, "train")
     rows = []
 
     paths = tf.constant([str(p) for p in rec.file_names])
@@ -86,7 +88,7 @@ def main():
     for name, epoch in [("train, mosaic phase (epoch in [e0, e1))", 10),
                         ("train, no-mosaic phase (epoch in [e1, e2))", 35),
                         ("train, no-aug phase (epoch < e0 or >= e2)", 0)]:
-        it = data.build_train_iterator(c, seed=0, state=dict(epoch=epoch, pos=0, step_in_epoch=0), records=rec)
+        it = data.build_train_iterator(c.data, seed=0, state=dict(epoch=epoch, pos=0, step_in_epoch=0), records=rec)
         next(it)
         t = time.perf_counter()
         for _ in range(a.batches):

@@ -8,8 +8,7 @@ a narrower encoder/decoder, 60 queries and 256-px inputs so that it trains in mi
 2-core CPU. The demo set is generated into ``data/demo`` on first use.
 """
 
-from configs import dfine
-from deim_jax.data import defaults as data_defaults
+from configs import defaults, dfine
 
 
 def demo_recipe(c, epochs: int = 16):
@@ -35,9 +34,7 @@ def demo_recipe(c, epochs: int = 16):
     c.ema.decay = 0.999
     c.ema.warmups = 100
 
-    c.data = data_defaults.demo_data_config(root="data/demo", batch_size=8, image_size=256, epochs=(3, 8, 14))
-    c.data.batch_size = c.get_ref("batch_size")
-    c.data.remap_mscoco_category = c.get_ref("remap_mscoco_category")
+    c.data = defaults.demo_data(c, root="data/demo", epochs=(3, 8, 14))
     c.data.generate_demo = True  # write the demo set into data/demo if it is missing
     return c
 

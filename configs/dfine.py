@@ -9,7 +9,10 @@ with the lrs/epochs of the D-FINE repository's COCO configs.
 
 import ml_collections
 
-from deim_jax.data import defaults as data_defaults
+from configs import defaults
+
+NAMES = ("n", "s", "m", "l", "x")  # --config=dfine_<size>, and dfine_<size>_baseline
+RECIPES = ("baseline",)
 
 # size -> official values (deim_dfine.md §1.3 table).
 _SIZES = {
@@ -99,15 +102,9 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
     if size not in _SIZES:
         raise ValueError(f"unknown D-FINE size {size!r}; choose one of {sorted(_SIZES)}")
     t = _SIZES[size]
-    c = ml_collections.ConfigDict()
-    c.name = f"dfine_{size}" + ("_baseline" if recipe == "dfine" else "")
-    c.recipe = recipe
-    c.seed = 0
-    c.num_classes = 80
-    c.remap_mscoco_category = ml_collections.FieldReference(True)
-    c.eval_spatial_size = (640, 640)
-    c.num_top_queries = 300
-    c.compute_dtype = "float32"  # or "bfloat16" (float32 master weights)
+    c = defaults.run(f"dfine_{size}" + ("_baseline" if recipe == "dfine" else ""), recipe,
+                     epochs=t["epochs"] if recipe == "deim" else _DFINE_BASELINE[size]["epochs"],
+                     batch_size=t["batch_size"])
 
     act = "silu" if recipe == "deim" else "relu"
     freeze = recipe == "dfine" and _DFINE_BASELINE[size]["freeze"]
@@ -162,65 +159,34 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
         )
     )
 
-    c.loss = ml_collections.ConfigDict(
-        dict(
-            losses=("mal", "boxes", "local") if recipe == "deim" else ("vfl", "boxes", "local"),
-            weights=dict(loss_mal=1.0, loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0, loss_fgl=0.15, loss_ddf=1.5),
-            gamma=1.5 if recipe == "deim" else 2.0,
-            alpha=0.75,
-            use_uni_set=True,
-            reg_max=32,
-            matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0, method="auto"),
-        )
-    )
+    c.loss = defaults.loss(
+        ("mal", "boxes", "local") if recipe == "deim" else ("vfl", "boxes", "local"),
+        gamma=1.5 if recipe == "deim" else 2.0, use_uni_set=True,
+        weights=dict(loss_mal=1.0, loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0, loss_fgl=0.15, loss_ddf=1.5))
 
     if recipe == "deim":
-        lr, wd, groups, epochs = t["lr"], t["wd"], t["groups"], t["epochs"]
-        schedule = dict(
-            name="flatcosine", warmup_iter=2000, flat_epoch=t["flat_epoch"], no_aug_epoch=t["no_aug_epoch"],
-            lr_gamma=t["lr_gamma"], first_step_divisor=500,
-        )
+        lr, wd, groups = t["lr"], t["wd"], t["groups"]
+        c.schedule = defaults.schedule("flatcosine", warmup_iter=2000, flat_epoch=t["flat_epoch"],
+                                       no_aug_epoch=t["no_aug_epoch"], lr_gamma=t["lr_gamma"], first_step_divisor=500)
         stop_epoch, policy_epochs, mixup_epochs = t["stop_epoch"], t["policy_epochs"], t["mixup_epochs"]
-        mosaic_prob, mixup_prob = 0.5, 0.5
-        ema_warmups = 1000
     else:
         b = _DFINE_BASELINE[size]
-        lr, wd, epochs = b["lr"], b["wd"], b["epochs"]
+        lr, wd = b["lr"], b["wd"]
         groups = [
             ("^(?=.*backbone)(?!.*norm|bn).*$", b["backbone_lr"], wd),
             ("^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", lr, 0.0),
         ]
-        schedule = dict(name="linear_warmup", warmup_iter=500, first_step_divisor=500)
+        c.schedule = defaults.schedule("linear_warmup", warmup_iter=500, first_step_divisor=500)
         stop_epoch = b["stop_epoch"]
         policy_epochs, mixup_epochs = (0, 0, stop_epoch), (0, 0)
-        mosaic_prob, mixup_prob = 0.0, 0.0
-        ema_warmups = 1000
-
-    c.epochs = epochs
-    c.batch_size = ml_collections.FieldReference(t["batch_size"])  # global, over all devices and hosts
-    c.eval_every_epochs = 1
-    c.log_every_steps = 100
-    c.skip_nonfinite_steps = False  # True: skip a step whose loss/gradient is not finite (logged)
-    c.init_from = ""  # official .pth or a deim_jax checkpoint directory (fine-tuning)
-    c.keep_checkpoints = 3
-    c.optimizer = ml_collections.ConfigDict(
-        dict(name="adamw", lr=lr, weight_decay=wd, betas=(0.9, 0.999), eps=1e-8, clip_norm=0.1,
-             groups=[dict(regex=r, lr=glr, weight_decay=gwd) for r, glr, gwd in groups])
-    )
-    c.schedule = ml_collections.ConfigDict(schedule)
-    c.ema = ml_collections.ConfigDict(dict(enabled=True, decay=0.9999, warmups=ema_warmups,
-                                           restart_decay=t["ema_restart_decay"]))
-    # Dense O2O input pipeline (deim_jax.data.defaults documents every field).
-    c.data = data_defaults.coco_data_config(size)
-    c.data.batch_size = c.get_ref("batch_size")
-    c.data.remap_mscoco_category = c.get_ref("remap_mscoco_category")
-    c.data.eval_batch_size = t["val_batch_size"]
-    c.data.policy_epochs = policy_epochs
-    c.data.mosaic_prob = mosaic_prob
-    c.data.mixup_prob = mixup_prob
-    c.data.mixup_epochs = mixup_epochs
-    c.data.stop_epoch = stop_epoch
-    if recipe == "dfine":  # D-FINE multi-scale: the 10 sizes of its collate function, 640 once
-        c.data.base_size_repeat = 1
-    c.stage2_reload = True
+    c.optimizer = defaults.optimizer(lr=lr, weight_decay=wd,
+                                     groups=[dict(regex=r, lr=glr, weight_decay=gwd) for r, glr, gwd in groups])
+    c.ema = defaults.ema(warmups=1000, restart_decay=t["ema_restart_decay"])
+    # Dense O2O input pipeline (configs/defaults.py documents every field)
+    c.data = defaults.coco_data(c, eval_batch_size=t["val_batch_size"], policy_epochs=policy_epochs,
+                                mixup_epochs=mixup_epochs, stop_epoch=stop_epoch,
+                                base_size_repeat=t["base_size_repeat"] if recipe == "deim" else 1)
+    if recipe == "dfine":  # D-FINE: no Mosaic/MixUp; multi-scale over the 10 sizes of its collate function, 640 once
+        c.data.mosaic_prob = 0.0
+        c.data.mixup_prob = 0.0
     return c

@@ -8,7 +8,10 @@ VFL, no Mosaic/MixUp, constant lr after warm-up; R50-M/R50/R101: frozen stem and
 
 import ml_collections
 
-from deim_jax.data import defaults as data_defaults
+from configs import defaults
+
+NAMES = ("r18", "r34", "r50m", "r50", "r101")  # --config=rtdetrv2_<size>, and rtdetrv2_<size>_baseline
+RECIPES = ("baseline",)
 
 _SIZES = {
     # depth, enc hidden/ffn/expansion, decoder layers/eval_idx, epochs, flat, no_aug, policy, backbone lr
@@ -41,15 +44,8 @@ def get_config(arg: str = "r50") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown RT-DETRv2 size {size!r}; choose one of {sorted(_SIZES)}")
     t = _SIZES[size]
     b = t["base"]
-    c = ml_collections.ConfigDict()
-    c.name = f"rtdetrv2_{size}" + ("_baseline" if baseline else "")
-    c.recipe = "rtdetrv2" if baseline else "deim"
-    c.seed = 0
-    c.num_classes = 80
-    c.remap_mscoco_category = ml_collections.FieldReference(True)
-    c.eval_spatial_size = (640, 640)
-    c.num_top_queries = 300
-    c.compute_dtype = "float32"
+    c = defaults.run(f"rtdetrv2_{size}" + ("_baseline" if baseline else ""), "rtdetrv2" if baseline else "deim",
+                     epochs=b["epochs"] if baseline else t["epochs"], batch_size=16)
     act = "relu" if baseline else "silu"
     freeze = baseline and b["freeze"]
     c.model = ml_collections.ConfigDict(dict(
@@ -66,12 +62,8 @@ def get_config(arg: str = "r50") -> ml_collections.ConfigDict:
                      eval_idx=b["eval_idx"] if baseline else t["eval_idx"],
                      activation=act, mlp_act=act, query_pos_method="default" if baseline else "as_reg"),
     ))
-    c.loss = ml_collections.ConfigDict(dict(
-        losses=("vfl", "boxes") if baseline else ("mal", "boxes"),
-        weights=dict(loss_mal=1.0, loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0),
-        gamma=2.0 if baseline else 1.5, alpha=0.75, use_uni_set=False, reg_max=32,
-        matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0, method="auto"),
-    ))
+    c.loss = defaults.loss(("vfl", "boxes") if baseline else ("mal", "boxes"), gamma=2.0 if baseline else 1.5,
+                           use_uni_set=False, weights=dict(loss_mal=1.0, loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0))
     lr = 1e-4 if baseline else 2e-4
     backbone_lr = b["backbone_lr"] if baseline else t["backbone_lr"]
     groups = []
@@ -86,40 +78,19 @@ def get_config(arg: str = "r50") -> ml_collections.ConfigDict:
         groups = [dict(regex=_NORMS, lr=lr, weight_decay=0.0)]
     elif backbone_lr is not None:
         groups.append(dict(regex=_NORMS, lr=lr, weight_decay=0.0))
-    c.epochs = b["epochs"] if baseline else t["epochs"]
-    c.batch_size = ml_collections.FieldReference(16)
-    c.eval_every_epochs = 1
-    c.log_every_steps = 100
-    c.skip_nonfinite_steps = False
-    c.init_from = ""
-    c.keep_checkpoints = 3
-    c.stage2_reload = True
-    c.optimizer = ml_collections.ConfigDict(dict(name="adamw", lr=lr, weight_decay=1e-4, betas=(0.9, 0.999),
-                                                 eps=1e-8, clip_norm=0.1, groups=groups))
+    c.optimizer = defaults.optimizer(lr=lr, weight_decay=1e-4, groups=groups)
     if baseline:
-        c.schedule = ml_collections.ConfigDict(dict(name="flatcosine", warmup_iter=2000, flat_epoch=4_000_000,
-                                                    no_aug_epoch=0, lr_gamma=1.0, first_step_divisor=2000))
+        c.schedule = defaults.schedule("flatcosine", warmup_iter=2000, flat_epoch=4_000_000, no_aug_epoch=0,
+                                       lr_gamma=1.0, first_step_divisor=2000)
     else:
-        c.schedule = ml_collections.ConfigDict(dict(name="flatcosine", warmup_iter=2000, flat_epoch=t["flat"],
-                                                    no_aug_epoch=t["no_aug"], lr_gamma=0.5, first_step_divisor=2000))
-    c.ema = ml_collections.ConfigDict(dict(enabled=True, decay=0.9999, warmups=2000, restart_decay=0.9999))
-
-    c.data = data_defaults.coco_data_config("l")
-    c.data.batch_size = c.get_ref("batch_size")
-    c.data.remap_mscoco_category = c.get_ref("remap_mscoco_category")
-    c.data.eval_batch_size = 64
-    c.data.base_size_repeat = 3
+        c.schedule = defaults.schedule("flatcosine", warmup_iter=2000, flat_epoch=t["flat"], no_aug_epoch=t["no_aug"],
+                                       lr_gamma=0.5, first_step_divisor=2000)
+    c.ema = defaults.ema(warmups=2000)
+    stop = b["stop"] if baseline else t["policy"][2]
+    c.data = defaults.coco_data(c, eval_batch_size=64, base_size_repeat=3, stop_epoch=stop,
+                                policy_epochs=(0, 0, stop) if baseline else t["policy"],
+                                mixup_epochs=(0, 0) if baseline else t["policy"][:2])
     if baseline:
-        stop = b["stop"]
-        c.data.policy_epochs = (0, 0, stop)
         c.data.mosaic_prob = 0.0
         c.data.mixup_prob = 0.0
-        c.data.mixup_epochs = (0, 0)
-        c.data.stop_epoch = stop
-    else:
-        c.data.policy_epochs = t["policy"]
-        c.data.mosaic_prob = 0.5
-        c.data.mixup_prob = 0.5
-        c.data.mixup_epochs = t["policy"][:2]
-        c.data.stop_epoch = t["policy"][2]
     return c

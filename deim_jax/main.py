@@ -55,7 +55,7 @@ def main(argv):
         from deim_jax.data import prepare
 
         try:
-            prepare.check_or_generate(cfg)
+            prepare.check_or_generate(cfg.data)
         except FileNotFoundError as e:
             sys.exit(f"error: {e}")
         from deim_jax.train import loop

@@ -25,7 +25,7 @@ def main(root, out):
     tx = optimizer.build_optimizer(cfg, variables["params"], iters_per_epoch=1, epochs=1)
     state = sharding.replicate(create_state(variables, tx, jax.random.PRNGKey(1)), mesh)
     # The same global batch in every run: read it whole, keep this process's slice.
-    full = next(data_lib.build_train_iterator(cfg, seed=0))
+    full = next(data_lib.build_train_iterator(cfg.data, seed=0))
     n = cfg.batch_size // jax.process_count()
     lo = jax.process_index() * n
     local = {k: full[k][lo:lo + n] for k in ("image", "boxes", "labels", "mask")}

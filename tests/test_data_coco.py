@@ -111,12 +111,13 @@ def test_demo_generator_deterministic_and_boxes_tight(tmp_path):
 
 
 def test_prepare_generates_demo_and_reports_missing(tmp_path):
-    import ml_collections
-    from deim_jax.data import defaults, prepare
-    c = ml_collections.ConfigDict()
-    c.data = defaults.demo_data_config(str(tmp_path / "d"))
+    from deim_jax import configs
+    from deim_jax.data import prepare
+    defaults = configs.module("defaults")
+    c = defaults.run("test", "deim", epochs=1, batch_size=2, num_classes=4, eval_size=64)
+    c.data = defaults.demo_data(c, str(tmp_path / "d"))
     with pytest.raises(FileNotFoundError, match="config.data.train.annotations"):
-        prepare.check_or_generate(c)
+        prepare.check_or_generate(c.data)
     c.data.generate_demo = True
-    prepare.check_or_generate(c)
+    prepare.check_or_generate(c.data)
     assert os.path.isfile(c.data.val.annotations) and len(os.listdir(c.data.train.images)) == 256

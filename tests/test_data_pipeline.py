@@ -4,11 +4,10 @@ multi-process sharding, bad files, eval padding."""
 import os
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
-from deim_jax import data
+from deim_jax import configs, data
 from deim_jax.data import demo, pipeline
 
 
@@ -20,14 +19,16 @@ def root(tmp_path_factory):
 
 
 def make_config(root, **kw):
-    c = ml_collections.ConfigDict()
-    c.num_classes = 4
-    c.data = data.demo_data_config(root, batch_size=4, image_size=64, epochs=(1, 2, 3))
+    """The data block is the demo set at ``root`` (batch 4, 64 px); ``kw`` set data fields."""
+    defaults = configs.module("defaults")
+    c = defaults.run("test", "deim", epochs=3, batch_size=4, num_classes=4, eval_size=64)
+    c.data = defaults.demo_data(c, root, epochs=(1, 2, 3))
+    c.remap_mscoco_category = False
     c.data.base_size_repeat = 2
     c.data.num_parallel_calls = 2
     for k, v in kw.items():
         c.data[k] = v
-    return c
+    return c.data
 
 
 def take(it, n):

@@ -2,22 +2,21 @@
 
 import io
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deim_jax import data
+from deim_jax import configs, data
 from deim_jax.data import coco, tfds_source
 
 
 def test_unprepared_tfds_fails_fast_with_clear_message(tmp_path):
-    c = ml_collections.ConfigDict()
-    c.num_classes = 80
-    c.data = data.tfds_data_config("l", "coco/2017", str(tmp_path))
+    defaults = configs.module("defaults")
+    c = defaults.run("test", "deim", epochs=1, batch_size=2)
+    c.data = defaults.tfds_data(c, "coco/2017", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not prepared.*never starts a download"):
-        data.load_split(c, "train")
+        data.load_split(c.data, "train")
 
 
 def test_export_tfds_examples(tmp_path):

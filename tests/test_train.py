@@ -63,7 +63,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
     cfg = tiny_config(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="config.data.train.annotations"):
-        prepare.check_or_generate(cfg)
+        prepare.check_or_generate(cfg.data)
 
 
 def test_evaluation_chain_gives_ap_one_for_perfect_predictions(data_root):
@@ -72,8 +72,8 @@ def test_evaluation_chain_gives_ap_one_for_perfect_predictions(data_root):
     from deim_jax.train import sharding
 
     cfg = tiny_config(data_root)
-    records = data_lib.load_split(cfg, "val")
-    truth = list(data_lib.build_eval_iterator(cfg, records=records))
+    records = data_lib.load_split(cfg.data, "val")
+    truth = list(data_lib.build_eval_iterator(cfg.data, records=records))
     q, c = cfg.model.decoder.num_queries, cfg.num_classes
 
     def oracle(images):

@@ -127,6 +127,53 @@ def category_mapping(categories: List[dict], num_classes: int, remap_mscoco_cate
     return cat2label, label2cat, label_names
 
 
+def _unique_images(entries: List[dict], stats: Dict[str, int], annotations_file: str) -> Dict[int, dict]:
+    """image id -> entry; identical repeats are counted and dropped, conflicting ones raise."""
+    images, conflicting = {}, []
+    for im in entries:
+        iid = int(im["id"])
+        if iid in images:
+            if images[iid] == im:
+                stats["duplicate_images"] += 1
+                continue
+            conflicting.append(iid)
+        images[iid] = im
+    if conflicting:
+        raise ValueError(f"{annotations_file}: duplicated image ids with different entries: "
+                         f"{sorted(set(conflicting))[:20]}")
+    return images
+
+
+def _boxes_per_image(annotations: List[dict], images: Dict[int, dict], cat2label: Dict[int, int],
+                     stats: Dict[str, int]) -> Dict[int, list]:
+    """image id -> [(x1, y1, x2, y2, label)] clipped to the image; bad boxes are counted and dropped."""
+    per_image: Dict[int, list] = {i: [] for i in images}
+    for a in annotations:
+        iid = int(a["image_id"])
+        if iid not in per_image:
+            stats["orphan_annotations"] += 1
+            continue
+        if int(a.get("iscrowd", 0)) == 1:
+            stats["crowd"] += 1
+            continue
+        try:
+            x, y, w, h = (float(v) for v in a.get("bbox"))
+        except (TypeError, ValueError):
+            stats["nonfinite"] += 1
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            stats["nonfinite"] += 1
+            continue
+        W, H = float(images[iid]["width"]), float(images[iid]["height"])
+        x1, y1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
+        x2, y2 = min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)
+        if not (x2 > x1 and y2 > y1):
+            stats["degenerate"] += 1
+            continue
+        per_image[iid].append((x1, y1, x2, y2, cat2label[int(a["category_id"])]))
+    return per_image
+
+
 def load_coco(images_dir: str, annotations_file: str, num_classes: int,
               remap_mscoco_category: bool = False, check_files: bool = True,
               missing: str = "drop") -> CocoRecords:
@@ -140,57 +187,16 @@ def load_coco(images_dir: str, annotations_file: str, num_classes: int,
         data.get("categories", []), num_classes, remap_mscoco_category, annotations_file)
     stats = dict(duplicate_images=0, orphan_annotations=0, crowd=0, nonfinite=0, degenerate=0,
                  missing_files=0, boxes=0)
-
-    images = {}
-    conflicting = []
-    for im in data.get("images", []):
-        iid = int(im["id"])
-        if iid in images:
-            if images[iid] == im:
-                stats["duplicate_images"] += 1
-                continue
-            conflicting.append(iid)
-        images[iid] = im
-    if conflicting:
-        raise ValueError(f"{annotations_file}: duplicated image ids with different entries: "
-                         f"{sorted(set(conflicting))[:20]}")
-
+    images = _unique_images(data.get("images", []), stats, annotations_file)
     unknown = sorted({int(a["category_id"]) for a in data.get("annotations", [])} - set(cat2label))
     if unknown:
         raise ValueError(f"{annotations_file}: annotations use category ids {unknown} that are not "
                          f"in 'categories' (known: {sorted(cat2label)[:100]})")
+    per_image = _boxes_per_image(data.get("annotations", []), images, cat2label, stats)
 
-    per_image: Dict[int, list] = {i: [] for i in images}
-    for a in data.get("annotations", []):
-        iid = int(a["image_id"])
-        if iid not in per_image:
-            stats["orphan_annotations"] += 1
-            continue
-        if int(a.get("iscrowd", 0)) == 1:
-            stats["crowd"] += 1
-            continue
-        bb = a.get("bbox")
-        try:
-            x, y, w, h = (float(v) for v in bb)
-        except (TypeError, ValueError):
-            stats["nonfinite"] += 1
-            continue
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            stats["nonfinite"] += 1
-            continue
-        im = images[iid]
-        W, H = float(im["width"]), float(im["height"])
-        x1, y1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
-        x2, y2 = min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)
-        if not (x2 > x1 and y2 > y1):
-            stats["degenerate"] += 1
-            continue
-        per_image[iid].append((x1, y1, x2, y2, cat2label[int(a["category_id"])]))
-
-    ids = sorted(images)
     files, widths, heights, offsets, boxes, labels = [], [], [], [0], [], []
     missing_list, kept_ids = [], []
-    for iid in ids:
+    for iid in sorted(images):
         im = images[iid]
         path = os.path.join(images_dir, im["file_name"])
         if check_files and not os.path.isfile(path):
@@ -200,9 +206,8 @@ def load_coco(images_dir: str, annotations_file: str, num_classes: int,
         kept_ids.append(iid)
         widths.append(int(im["width"]))
         heights.append(int(im["height"]))
-        for b in per_image[iid]:
-            boxes.append(b[:4])
-            labels.append(b[4])
+        boxes.extend(b[:4] for b in per_image[iid])
+        labels.extend(b[4] for b in per_image[iid])
         offsets.append(len(boxes))
     if missing_list:
         stats["missing_files"] = len(missing_list)

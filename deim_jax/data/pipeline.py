@@ -2,13 +2,16 @@
 
 Entry points::
 
-    it = build_train_iterator(config, seed=0, start_step=0, state=None,
+    it = build_train_iterator(config.data, seed=0, start_step=0, state=None,
                               process_index=0, process_count=1)
     batch = next(it)          # dict of numpy arrays, the local (per-process) batch
     state = it.get_state()    # small dict of ints: save it with the checkpoint
-    it = build_train_iterator(config, seed=0, state=state, ...)   # exact resume
+    it = build_train_iterator(config.data, seed=0, state=state, ...)   # exact resume
 
-    for batch in build_eval_iterator(config, process_index=0, process_count=1): ...
+    for batch in build_eval_iterator(config.data, process_index=0, process_count=1): ...
+
+Every function takes the data block ``config.data`` (fields documented in ``configs/defaults.py``)
+and reads its fields directly: a missing field is an error.
 
 Train batch: ``image`` [B,H,W,3] float32 in [0,1]; ``boxes`` [B,max_boxes,4] normalized
 cxcywh; ``labels`` [B,max_boxes] int32; ``mask`` [B,max_boxes] bool; plus bookkeeping
@@ -67,32 +70,20 @@ def _hide_gpus():
         _HIDDEN = True
 
 
-def _field(cfg, name, default=None):
-    try:
-        v = cfg[name]
-    except (KeyError, AttributeError):
-        return default
-    return default if v is None else v
-
-
 # ----------------------------------------------------------------------------- sources
 
-def load_split(config, split: str, missing: Optional[str] = None) -> coco_lib.CocoRecords:
-    """COCO-format records for ``split`` ('train' or 'val') from ``config.data.<split>``."""
-    d = config.data
-    sp = d[split]
-    images, ann = _field(sp, "images"), _field(sp, "annotations")
-    if (not images or not ann) and _field(d, "tfds_name"):
+def load_split(d, split: str, missing: Optional[str] = None) -> coco_lib.CocoRecords:
+    """COCO-format records for ``split`` ('train' or 'val') of the data block ``d`` (``d.<split>``)."""
+    images, ann = d[split].images, d[split].annotations
+    if (not images or not ann) and d.tfds_name:
         from deim_jax.data import tfds_source
-        tsplit = _field(d, f"tfds_{split}_split", "train" if split == "train" else "validation")
         images, ann = tfds_source.coco_folder_from_tfds(
-            d.tfds_name, _field(d, "data_dir", ""), tsplit, _field(d, "tfds_export_dir", ""))
+            d.tfds_name, d.data_dir or "", d[f"tfds_{split}_split"], d.tfds_export_dir)
     if not images or not ann:
         raise ValueError(f"config.data.{split}.images / .annotations must name a COCO-format set")
     if not os.path.isfile(ann):
         raise FileNotFoundError(f"annotation file not found: {ann}")
-    return coco_lib.load_coco(images, ann, int(config.num_classes),
-                              bool(_field(d, "remap_mscoco_category", False)),
+    return coco_lib.load_coco(images, ann, int(d.num_classes), bool(d.remap_mscoco_category),
                               missing=missing or ("drop" if split == "train" else "error"))
 
 
@@ -122,19 +113,19 @@ class _Tables:
 
 # ----------------------------------------------------------------------------- train
 
-def policy_config(config):
-    d = config.data
+def policy_config(d) -> dict:
+    """The augmentation-policy fields of the data block ``d`` as plain Python values."""
     return dict(
-        policy_epochs=tuple(_field(d, "policy_epochs", (4, 29, 50))),
-        mosaic_prob=float(_field(d, "mosaic_prob", 0.5)),
-        mixup_prob=float(_field(d, "mixup_prob", 0.5)),
-        mixup_epochs=tuple(_field(d, "mixup_epochs", (4, 29))),
-        stop_epoch=int(_field(d, "stop_epoch", 50)),
-        base_size_repeat=_field(d, "base_size_repeat", None),
-        multiscale_buckets=_field(d, "multiscale_buckets", None),
-        image_size=int(_field(d, "image_size", 640)),
-        mosaic_size=int(_field(d, "mosaic_size", 320)),
-        max_boxes=int(_field(d, "max_boxes", 100)),
+        policy_epochs=tuple(d.policy_epochs),
+        mosaic_prob=float(d.mosaic_prob),
+        mixup_prob=float(d.mixup_prob),
+        mixup_epochs=tuple(d.mixup_epochs),
+        stop_epoch=int(d.stop_epoch),
+        base_size_repeat=d.base_size_repeat,
+        multiscale_buckets=d.multiscale_buckets,
+        image_size=int(d.image_size),
+        mosaic_size=int(d.mosaic_size),
+        max_boxes=int(d.max_boxes),
     )
 
 
@@ -228,10 +219,9 @@ class TrainIterator:
     Counters for the logs: ``num_skipped_examples`` (unreadable files) and
     ``num_dropped_boxes`` (beyond max_boxes), cumulative since construction."""
 
-    def __init__(self, config, records, seed, state, process_index, process_count):
+    def __init__(self, d, records, seed, state, process_index, process_count):
         _hide_gpus()
-        self.pc = policy_config(config)
-        d = config.data
+        self.pc = policy_config(d)
         gb = int(d.batch_size)
         if gb % process_count:
             raise ValueError(f"batch_size {gb} not divisible by process_count {process_count}")
@@ -241,9 +231,9 @@ class TrainIterator:
             raise ValueError(f"{records.annotations_file}: {len(records)} images < batch_size {gb}")
         self.records, self.seed = records, int(seed)
         self.pi, self.pcount = process_index, process_count
-        self.spare = int(_field(d, "spare_examples", max(self.local_batch, 8)))
-        self.workers = _field(d, "num_parallel_calls", tf.data.AUTOTUNE)
-        self.prefetch = int(_field(d, "prefetch", 2))
+        self.spare = int(d.spare_examples if d.spare_examples is not None else max(self.local_batch, 8))
+        self.workers = d.num_parallel_calls if d.num_parallel_calls is not None else tf.data.AUTOTUNE
+        self.prefetch = int(d.prefetch)
         self.tables = _Tables(records)
         self.state = dict(state)
         # traced once per iterator, reused by the per-epoch datasets
@@ -324,32 +314,30 @@ class TrainIterator:
         return dict(self.state)
 
 
-def build_train_iterator(config, seed: int = 0, start_step: int = 0, state: Optional[dict] = None,
+def build_train_iterator(d, seed: int = 0, start_step: int = 0, state: Optional[dict] = None,
                          process_index: int = 0, process_count: int = 1, records=None) -> TrainIterator:
-    """Train iterator starting at ``state`` (exact) or at global step ``start_step``."""
-    records = records if records is not None else load_split(config, "train")
-    it = TrainIterator(config, records, seed, dict(epoch=0, pos=0, step_in_epoch=0),
+    """Train iterator of the data block ``d``, starting at ``state`` (exact) or at global step ``start_step``."""
+    records = records if records is not None else load_split(d, "train")
+    it = TrainIterator(d, records, seed, dict(epoch=0, pos=0, step_in_epoch=0),
                        process_index, process_count)
     it.restore(state if state is not None else it.state_for_step(start_step))
     return it
 
 
-def steps_per_epoch(config, records=None) -> int:
-    records = records if records is not None else load_split(config, "train")
-    return len(records) // int(config.data.batch_size)
+def steps_per_epoch(d, records=None) -> int:
+    """Full global batches per epoch of the data block ``d``."""
+    records = records if records is not None else load_split(d, "train")
+    return len(records) // int(d.batch_size)
 
 
 # ----------------------------------------------------------------------------- eval
 
-def build_eval_dataset(config, process_index: int = 0, process_count: int = 1, records=None):
+def build_eval_dataset(d, process_index: int = 0, process_count: int = 1, records=None):
     """tf.data.Dataset of local eval batches; every image appears exactly once over all
     processes (``valid`` False on padding and on unreadable files)."""
     _hide_gpus()
-    records = records if records is not None else load_split(config, "val")
-    d = config.data
-    size = int(_field(d, "eval_size", _field(d, "image_size", 640)))
-    max_boxes = int(_field(d, "max_boxes", 100))
-    gb = int(_field(d, "eval_batch_size", d.batch_size))
+    records = records if records is not None else load_split(d, "val")
+    size, max_boxes, gb = int(d.eval_size), int(d.max_boxes), int(d.eval_batch_size)
     if gb % process_count:
         raise ValueError(f"eval_batch_size {gb} not divisible by process_count {process_count}")
     lb = gb // process_count
@@ -396,9 +384,9 @@ def build_eval_dataset(config, process_index: int = 0, process_count: int = 1, r
     return ds
 
 
-def build_eval_iterator(config, process_index: int = 0, process_count: int = 1, records=None):
-    """Iterator of local eval batches as numpy dicts (one pass)."""
-    for batch in build_eval_dataset(config, process_index, process_count, records):
+def build_eval_iterator(d, process_index: int = 0, process_count: int = 1, records=None):
+    """Iterator of local eval batches of the data block ``d`` as numpy dicts (one pass)."""
+    for batch in build_eval_dataset(d, process_index, process_count, records):
         yield {k: v.numpy() for k, v in batch.items()}
 
 

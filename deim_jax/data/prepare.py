@@ -1,6 +1,6 @@
 """Check that a config's data exist before training (or generate the demo set).
 
-``check_or_generate(config)``: with ``config.data.generate_demo`` True and the demo files
+``check_or_generate(config.data)``: with ``config.data.generate_demo`` True and the demo files
 missing, writes the demo set into ``config.data.root`` (``deim_jax.data.demo``, a few
 seconds); otherwise raises ``FileNotFoundError`` with a message saying which path is missing
 and how to provide it. TFDS configs (``tfds_name`` set and no folders) are checked when the
@@ -9,30 +9,25 @@ split is loaded (clear error if the builder is not prepared; never downloads).
 
 from __future__ import annotations
 
+import logging
 import os
 
-
-def _get(cfg, name, default=None):
-    try:
-        v = cfg[name]
-    except (KeyError, AttributeError):
-        return default
-    return default if v is None else v
+log = logging.getLogger(__name__)
 
 
-def check_or_generate(config, splits=("train", "val")) -> None:
-    d = config.data
-    if _get(d, "generate_demo", False):
-        root = _get(d, "root", "") or os.path.dirname(os.path.abspath(d.train.images))
+def check_or_generate(d, splits=("train", "val")) -> None:
+    """Raise FileNotFoundError naming the missing path of the data block ``d`` (or write the demo set)."""
+    if d.generate_demo:
+        root = d.root or os.path.dirname(os.path.abspath(d.train.images))
         need = [d[s].annotations for s in splits]
         if not all(os.path.isfile(p) for p in need):
             from deim_jax.data import demo
-            print(f"generating the demo data set into {root}")
+            log.info("generating the demo data set into %s", root)
             demo.generate(root)
     for s in splits:
         sp = d[s]
-        images, ann = _get(sp, "images", ""), _get(sp, "annotations", "")
-        if not images and not ann and _get(d, "tfds_name"):
+        images, ann = sp.images, sp.annotations
+        if not images and not ann and d.tfds_name:
             continue
         if not ann or not os.path.isfile(ann):
             raise FileNotFoundError(

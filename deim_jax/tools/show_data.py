@@ -23,22 +23,21 @@ def main(argv=None):
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    import ml_collections
-    from deim_jax import data
+    from deim_jax import configs, data
     if a.config == "demo":
         if not os.path.isfile(os.path.join(a.demo_root, "annotations", "instances_train.json")):
             from deim_jax.data import demo
             demo.generate(a.demo_root)
-        config = ml_collections.ConfigDict()
-        config.num_classes = 4
-        config.data = data.demo_data_config(a.demo_root, batch_size=a.num, image_size=256)
+        defaults = configs.module("defaults")
+        config = defaults.run("demo", "deim", epochs=16, batch_size=a.num, num_classes=4, eval_size=256)
+        config.data = defaults.demo_data(config, a.demo_root)
+        config.remap_mscoco_category = False
     else:
-        from deim_jax import configs
         config = configs.get_config(a.config)
     config.data.base_size_repeat = None     # show every sample at the same size
-    records = data.load_split(config, "train")
+    records = data.load_split(config.data, "train")
     epoch = a.epoch if a.epoch is not None else int(config.data.policy_epochs[0])
-    it = data.build_train_iterator(config, seed=a.seed, state=dict(epoch=epoch, pos=0, step_in_epoch=0),
+    it = data.build_train_iterator(config.data, seed=a.seed, state=dict(epoch=epoch, pos=0, step_in_epoch=0),
                                    records=records)
     batch = next(it)
     for _ in range(10):           # prefer a batch with MixUp when the epoch has it

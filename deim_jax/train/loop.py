@@ -147,7 +147,7 @@ def evaluate(cfg, predict, mesh, records, picture: Optional[list] = None) -> Dic
         label_to_cat[label] = cat
     post = jax.jit(lambda lg, bx, sz: pp.postprocess(lg, bx, sz, num_top_queries=cfg.num_top_queries,
                                                      remap_mscoco_category=False))
-    for local in data_lib.build_eval_iterator(cfg, jax.process_index(), jax.process_count(), records=records):
+    for local in data_lib.build_eval_iterator(cfg.data, jax.process_index(), jax.process_count(), records=records):
         images = sharding.global_batch({"image": local["image"]}, mesh)["image"]
         out = predict(images)
         out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
@@ -219,9 +219,9 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
             f.write(cfg.to_json_best_effort(indent=1))
     mesh = sharding.make_mesh()
     sharding.check_batch_size(cfg.batch_size, mesh)
-    train_records = data_lib.load_split(cfg, "train")
-    val_records = data_lib.load_split(cfg, "val")
-    steps_per_epoch = data_lib.steps_per_epoch(cfg, train_records)
+    train_records = data_lib.load_split(cfg.data, "train")
+    val_records = data_lib.load_split(cfg.data, "val")
+    steps_per_epoch = data_lib.steps_per_epoch(cfg.data, train_records)
     total_steps = int(cfg.epochs) * steps_per_epoch
 
     rng = jax.random.PRNGKey(cfg.seed)
@@ -240,7 +240,7 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
         state, data_state = restored["train"], restored["data"]
         print(f"resumed from checkpoint step {restored['step']} in {mngr.directory}")
     train_iter = data_lib.build_train_iterator(
-        cfg, seed=cfg.seed, start_step=int(state.step), state=data_state or None,
+        cfg.data, seed=cfg.seed, start_step=int(state.step), state=data_state or None,
         process_index=jax.process_index(), process_count=jax.process_count(), records=train_records)
 
     lr_fn = _lr_of_default_group(cfg, steps_per_epoch)
@@ -348,7 +348,7 @@ def evaluate_checkpoint(cfg, workdir: str, use_ema: bool = True) -> Dict[str, An
     """``--mode=eval``: restore the latest checkpoint of ``workdir`` (or ``config.init_from``) and evaluate."""
     mesh = sharding.make_mesh()
     model = models.build(cfg)
-    val_records = data_lib.load_split(cfg, "val")
+    val_records = data_lib.load_split(cfg.data, "val")
     ckpt_dir = os.path.join(workdir, "checkpoints")
     step = epoch = 0
     latest = None
