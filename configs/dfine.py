@@ -168,8 +168,10 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
             weights=dict(loss_mal=1.0, loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0, loss_fgl=0.15, loss_ddf=1.5),
             gamma=1.5 if recipe == "deim" else 2.0,
             alpha=0.75,
+            mal_alpha=None,
             use_uni_set=True,
             reg_max=32,
+            distill_temperature=5.0,
             matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0, method="auto"),
         )
     )

@@ -69,7 +69,8 @@ def get_config(arg: str = "r50") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         losses=("vfl", "boxes") if baseline else ("mal", "boxes"),
         weights=dict(loss_mal=1.0, loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0),
-        gamma=2.0 if baseline else 1.5, alpha=0.75, use_uni_set=False, reg_max=32,
+        gamma=2.0 if baseline else 1.5, alpha=0.75, mal_alpha=None, use_uni_set=False, reg_max=32,
+        distill_temperature=5.0,
         matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0, method="auto"),
     ))
     lr = 1e-4 if baseline else 2e-4
