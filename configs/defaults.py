@@ -89,9 +89,11 @@ def loss(losses: Sequence[str], *, gamma: float, use_uni_set: bool, weights: dic
         losses=tuple(losses),
         weights=dict(weights),
         gamma=gamma,
-        alpha=0.75,
+        alpha=0.75,  # VFL negative weight
+        mal_alpha=FieldReference(None, field_type=float),  # MAL negative weight (official: none)
         use_uni_set=use_uni_set,
         reg_max=32,
+        distill_temperature=5.0,  # DDF softmax temperature
         matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0, method="auto"),
     ))
 

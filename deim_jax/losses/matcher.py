@@ -169,10 +169,7 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
     done; finished problems are masked.
     """
     R, N = cost.shape[::-1] if transposed else cost.shape
-    inf = jnp.float32(jnp.inf)
     order = jnp.argsort(~row_valid, stable=True).astype(jnp.int32)  # valid rows first
-    cols = jnp.arange(N, dtype=jnp.int32)
-    first = order[0]
     # Guard only (never reached): each search step adds a column to SC (<= N per row).
     max_iter = (N + 1) * jnp.maximum(n_rows, 1)
 
@@ -185,11 +182,11 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
         it=jnp.int32(0),
         phase=jnp.where(n_rows > 0, 0, 2).astype(jnp.int32),
         k=jnp.int32(0),            # index into `order` of the root row
-        i=first,                   # row being scanned
+        i=order[0],                # row being scanned
         jin=jnp.int32(-1),         # column through which row i was reached (-1: root)
         min_val=jnp.float32(0.0),
         v=jnp.zeros((N,), jnp.float32),
-        shortest=jnp.full((N,), inf),
+        shortest=jnp.full((N,), jnp.float32(jnp.inf)),
         pathcol=jnp.zeros((N,), jnp.int32),   # column through which the row that last
                                               # relaxed column j was reached (-1: root row)
         sc=jnp.zeros((N,), bool),
@@ -199,65 +196,75 @@ def _lsap_rows(cost, transposed, row_valid, col_valid, n_rows):
     def cond(s):
         return (s["phase"] != 2) & (s["it"] < max_iter)
 
-    def body(s):
-        searching = s["phase"] == 0
-        # ---- Dijkstra step from row i (reduced costs c - u - v >= 0) ----------------
-        i, jin, v = s["i"], s["jin"], s["v"]
-        row = get_row(i)
-        jc = jnp.maximum(jin, 0)
-        u_i = jnp.where(jin < 0, 0.0, row[jc] - v[jc])
-        r = s["min_val"] + row - u_i - v
-        upd = searching & (~s["sc"]) & (r < s["shortest"])
-        if col_valid is not None:
-            upd = upd & col_valid
-        shortest = jnp.where(upd, r, s["shortest"])
-        pathcol = jnp.where(upd, jin, s["pathcol"])
-        cand = jnp.where(s["sc"], inf, shortest)
-        # min + masked index-min: two plain reductions (XLA CPU vectorizes these; a
-        # variadic argmin reduce is much slower there).
-        lowest = jnp.min(cand)
-        jsel = jnp.min(jnp.where(cand == lowest, cols, N - 1)).astype(jnp.int32)
-        stuck = searching & ~jnp.isfinite(lowest)  # cannot happen when rows <= valid cols
-        sc = s["sc"] | (searching & (cols == jsel))
-        owner = s["row4col"][jsel]
-        sink = searching & (owner < 0) & ~stuck
-        v = jnp.where(sink & sc, v - (lowest - shortest), v)
-
-        # ---- on reaching a free column: flip the augmenting path (inner loop; each
-        # step only moves one column, far cheaper than a search step) ---------------
-        def flip_cond(f):
-            return f[0] >= 0
-
-        root = order[s["k"]]
-        r4c_old = s["row4col"]
-
-        def flip_body(f):
-            j, r4c = f
-            jp = pathcol[j]   # the row that relaxed j was matched to column jp (or is root)
-            i_j = jnp.where(jp < 0, root, r4c_old[jnp.maximum(jp, 0)])
-            return jp, jnp.where(cols == j, i_j, r4c)
-
-        _, row4col = jax.lax.while_loop(flip_cond, flip_body,
-                                        (jnp.where(sink, jsel, -1), s["row4col"]))
-        k_next = s["k"] + 1
-        all_done = sink & (k_next >= n_rows)
-        nxt = order[jnp.minimum(k_next, R - 1)]
-        go_on = searching & ~sink
-        return dict(
-            it=s["it"] + 1,
-            phase=jnp.where(stuck | all_done, 2, s["phase"]).astype(jnp.int32),
-            k=jnp.where(sink, k_next, s["k"]),
-            i=jnp.where(go_on, owner, jnp.where(sink, nxt, i)),
-            jin=jnp.where(go_on, jsel, jnp.where(sink, -1, jin)),
-            min_val=jnp.where(sink, 0.0, lowest),
-            v=v,
-            shortest=jnp.where(sink, inf, shortest),
-            pathcol=pathcol,
-            sc=sc & ~sink,
-            row4col=row4col,
-        )
-
+    body = functools.partial(_lsap_step, get_row=get_row, col_valid=col_valid, order=order,
+                             n_rows=n_rows)
     return jax.lax.while_loop(cond, body, state)["row4col"]
+
+
+def _flip_path(jsel, sink, pathcol, row4col, root):
+    """Flip the augmenting path that ends in the free column ``jsel`` (when ``sink``): follow
+    the back-pointers ``pathcol`` to the root row, moving each row one column along (inner
+    loop; each step only moves one column, far cheaper than a search step). -> row4col."""
+    cols = jnp.arange(row4col.shape[0], dtype=jnp.int32)
+
+    def flip_cond(f):
+        return f[0] >= 0
+
+    def flip_body(f):
+        j, r4c = f
+        jp = pathcol[j]   # the row that relaxed j was matched to column jp (or is root)
+        i_j = jnp.where(jp < 0, root, row4col[jnp.maximum(jp, 0)])
+        return jp, jnp.where(cols == j, i_j, r4c)
+
+    return jax.lax.while_loop(flip_cond, flip_body, (jnp.where(sink, jsel, -1), row4col))[1]
+
+
+def _lsap_step(s, *, get_row, col_valid, order, n_rows):
+    """One iteration of :func:`_lsap_rows`: a Dijkstra step from row ``s['i']`` (reduced costs
+    c - u - v >= 0) and, on reaching a free column, the path flip and the next root row."""
+    N = s["v"].shape[0]
+    R = order.shape[0]
+    inf = jnp.float32(jnp.inf)
+    cols = jnp.arange(N, dtype=jnp.int32)
+    searching = s["phase"] == 0
+    i, jin, v = s["i"], s["jin"], s["v"]
+    row = get_row(i)
+    jc = jnp.maximum(jin, 0)
+    u_i = jnp.where(jin < 0, 0.0, row[jc] - v[jc])
+    r = s["min_val"] + row - u_i - v
+    upd = searching & (~s["sc"]) & (r < s["shortest"])
+    if col_valid is not None:
+        upd = upd & col_valid
+    shortest = jnp.where(upd, r, s["shortest"])
+    pathcol = jnp.where(upd, jin, s["pathcol"])
+    cand = jnp.where(s["sc"], inf, shortest)
+    # min + masked index-min: two plain reductions (XLA CPU vectorizes these; a
+    # variadic argmin reduce is much slower there).
+    lowest = jnp.min(cand)
+    jsel = jnp.min(jnp.where(cand == lowest, cols, N - 1)).astype(jnp.int32)
+    stuck = searching & ~jnp.isfinite(lowest)  # cannot happen when rows <= valid cols
+    sc = s["sc"] | (searching & (cols == jsel))
+    owner = s["row4col"][jsel]
+    sink = searching & (owner < 0) & ~stuck
+    v = jnp.where(sink & sc, v - (lowest - shortest), v)
+    row4col = _flip_path(jsel, sink, pathcol, s["row4col"], order[s["k"]])
+    k_next = s["k"] + 1
+    all_done = sink & (k_next >= n_rows)
+    nxt = order[jnp.minimum(k_next, R - 1)]
+    go_on = searching & ~sink
+    return dict(
+        it=s["it"] + 1,
+        phase=jnp.where(stuck | all_done, 2, s["phase"]).astype(jnp.int32),
+        k=jnp.where(sink, k_next, s["k"]),
+        i=jnp.where(go_on, owner, jnp.where(sink, nxt, i)),
+        jin=jnp.where(go_on, jsel, jnp.where(sink, -1, jin)),
+        min_val=jnp.where(sink, 0.0, lowest),
+        v=v,
+        shortest=jnp.where(sink, inf, shortest),
+        pathcol=pathcol,
+        sc=sc & ~sink,
+        row4col=row4col,
+    )
 
 
 def _assign_narrow(cost, mask):
