@@ -480,11 +480,15 @@ def test_build_is_strict():
     so is a missing weight of an active loss (named in the message)."""
     cfg = configs.get_config("dfine_n")
     missing = configs.get_config("dfine_n")
-    del missing.loss["gamma"]
+    with missing.unlocked():  # configs are locked: fields can only be removed or added on purpose
+        del missing.loss["gamma"]
     with pytest.raises(AttributeError, match="gamma"):
         losses.build(missing)
     typo = configs.get_config("dfine_n")
-    typo.loss.matcher.cost_clas = 2.0
+    with pytest.raises(AttributeError, match="cost_class"):  # the locked config names the field it has
+        typo.loss.matcher.cost_clas = 2.0
+    with typo.unlocked():
+        typo.loss.matcher.cost_clas = 2.0
     with pytest.raises(KeyError, match="cost_clas"):
         losses.build(typo)
     no_w = configs.get_config("dfine_n")
