@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import parity_utils as pu  # noqa: E402
-from f32 import RTOL_DEEP, assert_f32_close  # noqa: E402
+from model_checks import RTOL_DEEP, assert_f32_close  # noqa: E402
 
 from deim_jax import convert  # noqa: E402
 from deim_jax.models.hgnetv2 import HGNetv2  # noqa: E402

@@ -22,7 +22,7 @@ from deim_jax.models.deformable_attention import (
 from deim_jax.models.dfine_decoder import DFINETransformer
 from deim_jax.ops.fdr import distance2bbox, integral, weighting_function
 from tests import parity_utils as pu
-from tests.f32 import RTOL_OP, assert_f32_close
+from tests.model_checks import RTOL_OP, align, assert_f32_close, check_max_abs, fixture_dn_group
 
 try:  # PyTorch is only the reference for the sampler tests
     import torch
@@ -38,11 +38,6 @@ CFG = {
     "s": dict(feat_channels=(256, 256, 256), feat_strides=(8, 16, 32), hidden_dim=256, num_levels=3,
               num_points=(3, 6, 3), num_layers=3, dim_feedforward=1024),
 }
-
-
-def align(a, idx):
-    p = np.argsort(idx, axis=1, kind="stable")
-    return np.stack([a[b][p[b]] for b in range(a.shape[0])])
 
 
 # ---------------------------------------------------------------- anchors
@@ -380,24 +375,8 @@ def test_train_parity_n_full_model():
     variables = convert.from_torch_state_dict(pu.synth_state_dict("n"), cfg)
     model = models.build(cfg)
     images = jnp.asarray(np.transpose(ev["images"], (0, 2, 3, 1)))
-    n_dn = t["dn/dn_group/input_query_class"].shape[1]
-    group = {
-        "query_class": jnp.asarray(t["dn/dn_group/input_query_class"]),
-        "query_bbox_unact": jnp.asarray(t["dn/dn_group/input_query_bbox_unact"]),
-        "attn_mask": jnp.asarray(t["dn/dn_group/attn_mask"]),
-        "num_group": jnp.int32(t["dn/dn_group/dn_meta/dn_num_group"]),
-        "max_gt": jnp.int32(3),
-        "valid": jnp.ones((n_dn,), bool),
-    }
+    group = fixture_dn_group(t)
     fwd = jax.jit(lambda v, x, g: model.apply(v, x, train=True, dn_group=g, mutable=["batch_stats"])[0])
-
-    def check(name, mine, ref, tol, idx=None):
-        mine = np.asarray(mine)
-        if idx is not None:
-            mine, ref = align(mine, idx[0]), align(ref, idx[1])
-        assert mine.shape == ref.shape, name
-        err = float(np.abs(mine - ref).max())
-        assert err <= tol, f"{name}: max abs diff {err} > {tol}"
 
     for var, grp in (("nodn", None), ("dn", group)):
         out = fwd(variables, images, grp)
@@ -406,14 +385,14 @@ def test_train_parity_n_full_model():
             assert set(mi[b].tolist()) == set(ri[b].tolist()), f"{var}: top-k sets differ"
         idx = (mi, ri)
         for k in ("pred_logits", "pred_boxes", "pred_corners", "ref_points"):
-            check(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], _TRAIN_TOL[k], idx)
+            check_max_abs(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], _TRAIN_TOL[k], idx)
         for i in range(2):
             for k in _KEYS6:
-                check(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"],
+                check_max_abs(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"],
                       _TRAIN_TOL[k], idx)
         for k in ("pred_logits", "pred_boxes"):
-            check(f"{var}/pre/{k}", out["pre_outputs"][k], t[f"{var}/out/pre_outputs/{k}"], _TRAIN_TOL[k], idx)
-            check(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"],
+            check_max_abs(f"{var}/pre/{k}", out["pre_outputs"][k], t[f"{var}/out/pre_outputs/{k}"], _TRAIN_TOL[k], idx)
+            check_max_abs(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"],
                   _TRAIN_TOL[k], idx)
         np.testing.assert_array_equal(np.asarray(out["up"]), t[f"{var}/out/up"])
         np.testing.assert_array_equal(np.asarray(out["reg_scale"]), t[f"{var}/out/reg_scale"])
@@ -423,7 +402,7 @@ def test_train_parity_n_full_model():
         assert len(out["dn_outputs"]) == 3
         for i in range(3):  # denoising queries have a fixed order
             for k in _KEYS6:
-                check(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], _TRAIN_TOL[k])
+                check_max_abs(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], _TRAIN_TOL[k])
         for k in ("pred_logits", "pred_boxes"):
-            check(f"dn/dn_pre/{k}", out["dn_pre_outputs"][k], t[f"dn/out/dn_pre_outputs/{k}"], _TRAIN_TOL[k])
+            check_max_abs(f"dn/dn_pre/{k}", out["dn_pre_outputs"][k], t[f"dn/out/dn_pre_outputs/{k}"], _TRAIN_TOL[k])
         assert int(out["dn_meta"]["num_group"]) == 33

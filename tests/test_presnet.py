@@ -12,7 +12,7 @@ import pytest
 from deim_jax import convert
 from deim_jax.models.presnet import PResNet, avg_pool_2x2_ceil, max_pool_3x3_s2
 from tests import parity_utils as pu
-from tests.f32 import RTOL_OP, assert_f32_close
+from tests.model_checks import RTOL_OP, assert_f32_close
 
 STATE_DICTS = os.path.join(pu.PARITY_DIR, "..", "reference", "state_dicts")
 

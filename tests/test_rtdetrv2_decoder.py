@@ -15,7 +15,7 @@ from deim_jax.models import denoising
 from deim_jax.models.deformable_attention import deformable_sample
 from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
 from tests import parity_utils as pu
-from tests.f32 import RTOL_OP, assert_f32_close
+from tests.model_checks import RTOL_OP, align, assert_f32_close, check_max_abs, fixture_dn_group
 from tests.test_presnet import _count, _flat, tsv_variables
 
 # constructor arguments per official config (rtdetrv2.md §1.3, §1.6)
@@ -33,11 +33,6 @@ MODELS = {
 # Checked against the baseline totals of §1.6: e.g. R18 11,199,968 + 4,965,120 + 4,019,376 = 20,184,464.
 BASELINE = {"r18": (3, 4_019_376), "r34": (4, 5_168_420), "r50m": (6, 7_466_508), "r50": (6, 7_466_508),
             "r101": (6, 7_564_812)}
-
-
-def align(a, idx):
-    p = np.argsort(idx, axis=1, kind="stable")
-    return np.stack([a[b][p[b]] for b in range(a.shape[0])])
 
 
 def abstract_decoder(m, channels, size=640):
@@ -270,24 +265,8 @@ def test_train_parity_r18_full_model():
         decoder=RTDETRTransformerv2(num_layers=3, **DEIM_ARGS),
     )
     images = jnp.asarray(np.transpose(ev["images"], (0, 2, 3, 1)))
-    n_dn = t["dn/dn_group/input_query_class"].shape[1]
-    group = {
-        "query_class": jnp.asarray(t["dn/dn_group/input_query_class"]),
-        "query_bbox_unact": jnp.asarray(t["dn/dn_group/input_query_bbox_unact"]),
-        "attn_mask": jnp.asarray(t["dn/dn_group/attn_mask"]),
-        "num_group": jnp.int32(t["dn/dn_group/dn_meta/dn_num_group"]),
-        "max_gt": jnp.int32(3),
-        "valid": jnp.ones((n_dn,), bool),
-    }
+    group = fixture_dn_group(t)
     fwd = jax.jit(lambda v, x, g: model.apply(v, x, train=True, dn_group=g, mutable=["batch_stats"]))
-
-    def check(label, mine, ref, tol, idx=None):
-        mine = np.asarray(mine)
-        if idx is not None:
-            mine, ref = align(mine, idx[0]), align(ref, idx[1])
-        assert mine.shape == ref.shape, label
-        err = float(np.abs(mine - ref).max())
-        assert err <= tol, f"{label}: max abs diff {err} > {tol}"
 
     for var, grp in (("nodn", None), ("dn", group)):
         out, upd = fwd(variables, images, grp)
@@ -296,10 +275,12 @@ def test_train_parity_r18_full_model():
             assert set(mi[b].tolist()) == set(ri[b].tolist()), f"{var}: top-k sets differ"
         idx = (mi, ri)
         for k, tol in _TRAIN_TOL.items():
-            check(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], tol, idx)
+            check_max_abs(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], tol, idx)
             for i in range(2):
-                check(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"], tol, idx)
-            check(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"], tol, idx)
+                check_max_abs(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"], tol,
+                              idx)
+            check_max_abs(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"], tol,
+                          idx)
         if grp is None:
             assert "dn_outputs" not in out
             for key in [k for k in t.files if k.startswith("nodn/bn_running_after/decoder.")]:
@@ -313,5 +294,5 @@ def test_train_parity_r18_full_model():
         assert len(out["dn_outputs"]) == 3
         for i in range(3):  # denoising queries have a fixed order
             for k, tol in _TRAIN_TOL.items():
-                check(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], tol)
+                check_max_abs(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], tol)
         assert int(out["dn_meta"]["num_group"]) == 33

@@ -79,8 +79,11 @@ class Queries(NamedTuple):
 class QueryDecoder(nn.Module):
     """Base of the two decoders: shared fields and steps (see the module docstring).
 
-    Subclasses set the class attribute ``identity_input_proj`` (D-FINE: a level whose channels
-    equal ``hidden_dim`` has no input projection; RT-DETRv2: every level has one).
+    Subclasses set two class attributes: ``identity_input_proj`` (D-FINE: a level whose channels
+    equal ``hidden_dim`` has no input projection) and ``bbox_head_on_all_tokens`` (RT-DETRv2
+    applies ``enc_bbox_head`` to every token, then gathers the top k; D-FINE gathers first). The
+    two orders give bit-identical outputs on the parity fixtures, but gradients of
+    ``enc_bbox_head`` differ by float32 rounding (~4e-7 relative), so each family keeps its own.
     """
 
     num_classes: int = 80
@@ -102,6 +105,7 @@ class QueryDecoder(nn.Module):
     dropout: float = 0.0
 
     identity_input_proj = False
+    bbox_head_on_all_tokens = False
 
     def _check(self, feats: Sequence[jax.Array]) -> int:
         """Validate the configuration and inputs; returns ``eval_idx`` as a non-negative index."""
@@ -140,13 +144,16 @@ class QueryDecoder(nn.Module):
         anchors = jnp.asarray(anchors_np)
         out_mem = EncOutput(self.hidden_dim, name="enc_output")(memory * jnp.asarray(valid_np).astype(memory.dtype))
         enc_logits = self._score_head("enc_score_head")(out_mem)
+        bbox_head = MLP(self.hidden_dim, 4, 3, act=self.mlp_act, last_zero=True, name="enc_bbox_head")
+        if self.bbox_head_on_all_tokens:
+            enc_coord = bbox_head(out_mem) + anchors
         enc_scores = jnp.max(enc_logits, axis=-1)
         _, topk_ind = jax.lax.top_k(enc_scores, self.num_queries)
         topk_mem = jnp.take_along_axis(out_mem, topk_ind[..., None], axis=1)
-        # The box head runs on the selected tokens only (D-FINE's order; RT-DETRv2 runs it on every
-        # token and gathers after: the same numbers, bit for bit on the parity fixtures).
-        bbox_head = MLP(self.hidden_dim, 4, 3, act=self.mlp_act, last_zero=True, name="enc_bbox_head")
-        topk_unact = bbox_head(topk_mem) + jnp.take(anchors[0], topk_ind, axis=0)
+        if self.bbox_head_on_all_tokens:
+            topk_unact = jnp.take_along_axis(enc_coord, topk_ind[..., None], axis=1)
+        else:
+            topk_unact = bbox_head(topk_mem) + jnp.take(anchors[0], topk_ind, axis=0)
         return Selection(enc_logits, enc_scores, topk_ind, topk_unact), jax.lax.stop_gradient(topk_mem)
 
     def _queries(self, content: jax.Array, sel: Selection, dn_group: Optional[Mapping[str, Any]],

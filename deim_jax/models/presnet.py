@@ -68,9 +68,15 @@ def _shortcut(x, features, stride, has_proj, frozen_norm, train):
     return ConvNorm(features, 1, stride, act=None, frozen_norm=frozen_norm, name="short")(x, train)
 
 
-class BasicBlock(nn.Module):
-    """``relu(branch2b(branch2a(x)) + short(x))``; 3x3 (stride, ReLU) -> 3x3 (no act)."""
+class Block(nn.Module):
+    """A residual block ``relu(branch(x) + short(x))`` of variant 'd'.
 
+    ``block='basic'``: ``branch2a`` 3x3 (stride, ReLU) -> ``branch2b`` 3x3 (no act), ``features``
+    out. ``'bottleneck'``: ``branch2a`` 1x1 (ReLU) -> ``branch2b`` 3x3 (stride, ReLU) ->
+    ``branch2c`` 1x1 to ``4 * features`` (no act). ``short``: identity or projection (``has_proj``).
+    """
+
+    block: str
     features: int
     stride: int = 1
     has_proj: bool = False
@@ -78,29 +84,15 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        fz = self.frozen_norm
-        short = _shortcut(x, self.features, self.stride, self.has_proj, fz, train)
-        y = ConvNorm(self.features, 3, self.stride, act="relu", frozen_norm=fz, name="branch2a")(x, train)
-        y = ConvNorm(self.features, 3, 1, act=None, frozen_norm=fz, name="branch2b")(y, train)
-        return jax.nn.relu(y + short)
-
-
-class BottleNeck(nn.Module):
-    """1x1 (ReLU) -> 3x3 stride (ReLU) -> 1x1 x4 (no act), ``relu(branch + short)`` (variant 'd')."""
-
-    features: int
-    stride: int = 1
-    has_proj: bool = False
-    frozen_norm: bool = False
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        fz = self.frozen_norm
-        w = self.features
-        y = ConvNorm(w, 1, 1, act="relu", frozen_norm=fz, name="branch2a")(x, train)
-        y = ConvNorm(w, 3, self.stride, act="relu", frozen_norm=fz, name="branch2b")(y, train)
-        y = ConvNorm(w * 4, 1, 1, act=None, frozen_norm=fz, name="branch2c")(y, train)
-        short = _shortcut(x, w * 4, self.stride, self.has_proj, fz, train)
+        w, fz = self.features, self.frozen_norm
+        if self.block == "basic":
+            convs = ((w, 3, self.stride, "relu"), (w, 3, 1, None))
+        else:
+            convs = ((w, 1, 1, "relu"), (w, 3, self.stride, "relu"), (w * 4, 1, 1, None))
+        y = x
+        for name, (c, k, s, act) in zip(("branch2a", "branch2b", "branch2c"), convs):
+            y = ConvNorm(c, k, s, act=act, frozen_norm=fz, name=name)(y, train)
+        short = _shortcut(x, convs[-1][0], self.stride, self.has_proj, fz, train)
         return jax.nn.relu(y + short)
 
 
@@ -115,9 +107,9 @@ class _Blocks(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        cls = BasicBlock if self.block == "basic" else BottleNeck
         for b in range(self.count):
-            x = cls(
+            x = Block(
+                self.block,
                 self.features,
                 stride=self.stride if b == 0 else 1,
                 has_proj=b == 0,

@@ -9,7 +9,7 @@ cross_attn,norm1..3,linear1,linear2}``, ``query_pos_head/layers_i``, ``enc_outpu
 
 Differences from the D-FINE decoder (the shared scaffolding is
 :class:`~deim_jax.models.decoder_common.QueryDecoder`): conv+BN input projection on every level,
-post-norm layer with a plain residual
+``enc_bbox_head`` on every token before the top-k gather, post-norm layer with a plain residual
 (no gate, no clamp), deformable attention with ``value_proj`` / ``output_proj``, plain iterative
 box refinement (``sigmoid(delta + logit(ref))``) with look-forward-twice training boxes, no
 FDR/LQE/pre-head, unclamped query-position head with two variants.
@@ -54,6 +54,8 @@ class RTDETRTransformerv2(QueryDecoder):
     cross_attn_method: str = "default"
     query_select_method: str = "default"
     learn_query_content: bool = False
+
+    bbox_head_on_all_tokens = True
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], *, train: bool, dn_group: Optional[Mapping[str, Any]] = None,

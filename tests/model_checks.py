@@ -21,3 +21,34 @@ def assert_f32_close(actual, desired, rtol: float = RTOL_DEEP, err_msg: str = ""
     desired = np.asarray(desired, np.float64)
     scale = float(np.max(np.abs(desired))) if desired.size else 0.0
     np.testing.assert_allclose(actual, desired, rtol=0, atol=rtol * scale, err_msg=err_msg)
+
+
+def align(a, idx):
+    """Rows of ``a`` [B, Q, ...] sorted by the query indices ``idx`` [B, Q] (top-k order differs)."""
+    p = np.argsort(idx, axis=1, kind="stable")
+    return np.stack([a[b][p[b]] for b in range(a.shape[0])])
+
+
+def check_max_abs(label, mine, ref, tol, idx=None):
+    """``max|mine - ref| <= tol`` (after aligning both by their query indices ``idx = (mine, ref)``)."""
+    mine = np.asarray(mine)
+    if idx is not None:
+        mine, ref = align(mine, idx[0]), align(ref, idx[1])
+    assert mine.shape == ref.shape, label
+    err = float(np.abs(mine - ref).max())
+    assert err <= tol, f"{label}: max abs diff {err} > {tol}"
+
+
+def fixture_dn_group(t):
+    """The official denoising group stored in a fixture's ``train.npz`` (``t``), as the decoder takes it."""
+    import jax.numpy as jnp
+
+    n_dn = t["dn/dn_group/input_query_class"].shape[1]
+    return {
+        "query_class": jnp.asarray(t["dn/dn_group/input_query_class"]),
+        "query_bbox_unact": jnp.asarray(t["dn/dn_group/input_query_bbox_unact"]),
+        "attn_mask": jnp.asarray(t["dn/dn_group/attn_mask"]),
+        "num_group": jnp.int32(t["dn/dn_group/dn_meta/dn_num_group"]),
+        "max_gt": jnp.int32(3),
+        "valid": jnp.ones((n_dn,), bool),
+    }
