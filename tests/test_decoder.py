@@ -389,11 +389,11 @@ def test_train_parity_n_full_model():
         for i in range(2):
             for k in _KEYS6:
                 check_max_abs(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"],
-                      _TRAIN_TOL[k], idx)
+                              _TRAIN_TOL[k], idx)
         for k in ("pred_logits", "pred_boxes"):
             check_max_abs(f"{var}/pre/{k}", out["pre_outputs"][k], t[f"{var}/out/pre_outputs/{k}"], _TRAIN_TOL[k], idx)
             check_max_abs(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"],
-                  _TRAIN_TOL[k], idx)
+                          _TRAIN_TOL[k], idx)
         np.testing.assert_array_equal(np.asarray(out["up"]), t[f"{var}/out/up"])
         np.testing.assert_array_equal(np.asarray(out["reg_scale"]), t[f"{var}/out/reg_scale"])
         if grp is None:

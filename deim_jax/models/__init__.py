@@ -16,12 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deim_jax.models.deformable_attention import num_points_scale
 from deim_jax.models.deim import DEIM
 from deim_jax.models.dfine_decoder import DFINETransformer
 from deim_jax.models.hgnetv2 import HGNetv2
 from deim_jax.models.hybrid_encoder import HybridEncoder
 from deim_jax.models.presnet import PResNet
 from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
+from deim_jax.ops.anchors import generate_anchors
 
 
 class _Family(NamedTuple):
@@ -120,9 +122,6 @@ def derived_constants(cfg, log=np.log) -> Dict[str, np.ndarray]:
 
     ``log``: the float32 logarithm used for the anchor logits (see ``ops.anchors.generate_anchors``).
     """
-    from deim_jax.models.deformable_attention import num_points_scale
-    from deim_jax.ops.anchors import generate_anchors
-
     d = cfg.model.decoder
     h, w = cfg.eval_spatial_size
     shapes = [(int(np.ceil(h / s)), int(np.ceil(w / s))) for s in d.feat_strides]

@@ -88,7 +88,7 @@ class QueryDecoder(nn.Module):
 
     num_classes: int = 80
     feat_channels: Tuple[int, ...] = (256, 256, 256)
-    feat_strides: Tuple[int, ...] = (8, 16, 32)
+    feat_strides: Tuple[int, ...] = (8, 16, 32)  # informational: anchors come from the actual map sizes
     hidden_dim: int = 256
     num_levels: int = 3
     num_points: Tuple[int, ...] = (3, 6, 3)
@@ -96,7 +96,7 @@ class QueryDecoder(nn.Module):
     nhead: int = 8
     dim_feedforward: int = 1024
     num_queries: int = 300
-    num_denoising: int = 100
+    num_denoising: int = 100  # these three are read by DEIM to draw the denoising group
     label_noise_ratio: float = 0.5
     box_noise_scale: float = 1.0
     eval_idx: int = -1
