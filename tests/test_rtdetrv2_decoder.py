@@ -12,8 +12,10 @@ import pytest
 
 from deim_jax import convert
 from deim_jax.models import denoising
-from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2, discrete_sample
+from deim_jax.models.deformable_attention import deformable_sample
+from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
 from tests import parity_utils as pu
+from tests.model_checks import RTOL_OP, align, assert_f32_close, check_max_abs, fixture_dn_group
 from tests.test_presnet import _count, _flat, tsv_variables
 
 # constructor arguments per official config (rtdetrv2.md §1.3, §1.6)
@@ -31,11 +33,6 @@ MODELS = {
 # Checked against the baseline totals of §1.6: e.g. R18 11,199,968 + 4,965,120 + 4,019,376 = 20,184,464.
 BASELINE = {"r18": (3, 4_019_376), "r34": (4, 5_168_420), "r50m": (6, 7_466_508), "r50": (6, 7_466_508),
             "r101": (6, 7_564_812)}
-
-
-def align(a, idx):
-    p = np.argsort(idx, axis=1, kind="stable")
-    return np.stack([a[b][p[b]] for b in range(a.shape[0])])
 
 
 def abstract_decoder(m, channels, size=640):
@@ -171,7 +168,9 @@ def test_train_structure_without_and_with_denoising():
     assert int(out_dn["dn_meta"]["num_group"]) == 4 and int(out_dn["dn_meta"]["max_gt"]) == 2
     assert out_dn["pred_logits"].shape == (2, q, c) and len(out_dn["aux_outputs"]) == L - 1
     # denoising queries cannot be seen by matching queries, and the encoder path is unchanged by them
-    np.testing.assert_allclose(np.asarray(out_dn["pred_logits"]), np.asarray(out["pred_logits"]), atol=1e-5)
+    # (another program, with more queries: equal up to float32 noise)
+    assert_f32_close(out_dn["pred_logits"], out["pred_logits"])
+    assert_f32_close(out_dn["pred_boxes"], out["pred_boxes"])
     np.testing.assert_array_equal(np.asarray(out_dn["enc_topk_indices"]), np.asarray(out["enc_topk_indices"]))
 
 
@@ -185,8 +184,11 @@ def test_eval_idx_stops_early_and_train_uses_last_layer():
     m2 = RTDETRTransformerv2(**{**TINY, "num_layers": 2}, **DEIM_ARGS)
     ev2 = jax.jit(lambda p: m2.apply({"params": p, "batch_stats": v["batch_stats"]}, feats, train=False))(p2)
     for k in ("pred_logits", "pred_boxes"):
-        np.testing.assert_allclose(np.asarray(ev1[k]), np.asarray(ev2[k]), atol=1e-6)
-    # train mode: the main output is always the last layer, whatever eval_idx is
+        # two separately compiled programs (3 vs 2 layers' parameters): float32 reassociation noise,
+        # seen at 1.6e-6 (1e-5 relative) on one machine
+        assert_f32_close(ev1[k], ev2[k], err_msg=k)
+    # train mode: the main output is always the last layer, whatever eval_idx is. Train mode does
+    # not read eval_idx, so both programs are the same HLO and the results are bit-identical.
     tr1 = jax.jit(lambda vv: m1.apply(vv, feats, train=True, mutable=["batch_stats"]))(v)[0]
     np.testing.assert_array_equal(np.asarray(tr1["pred_logits"]), np.asarray(tr["pred_logits"]))
     assert len(tr1["aux_outputs"]) == 2
@@ -216,7 +218,8 @@ def test_discrete_sampler_matches_loop():
     value = rng.normal(size=(b, s, nh, hd)).astype(np.float32)
     loc = rng.uniform(-0.2, 1.2, size=(b, q, nh, 5, 2)).astype(np.float32)
     w = rng.uniform(size=(b, q, nh, 5)).astype(np.float32)
-    out = np.asarray(discrete_sample(jnp.asarray(value), shapes, jnp.asarray(loc), jnp.asarray(w), points))
+    out = np.asarray(deformable_sample(jnp.asarray(value), shapes, jnp.asarray(loc), jnp.asarray(w), points,
+                                       method="discrete"))
     ref = np.zeros((b, q, nh, hd), np.float32)
     for bi in range(b):
         for qi in range(q):
@@ -229,7 +232,7 @@ def test_discrete_sampler_matches_loop():
                         ref[bi, qi, h] += w[bi, qi, h, p] * value[bi, start + y * ww + x, h]
                         p += 1
                     start += hh * ww
-    np.testing.assert_allclose(out, ref.reshape(b, q, nh * hd), atol=1e-5)
+    assert_f32_close(out, ref.reshape(b, q, nh * hd), rtol=RTOL_OP)  # <= 5 products summed
     m = RTDETRTransformerv2(**TINY, cross_attn_method="discrete")
     feats = [jnp.ones((1, 8, 8, 16)), jnp.ones((1, 4, 4, 24))]
     shp = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), feats, train=False))
@@ -262,24 +265,8 @@ def test_train_parity_r18_full_model():
         decoder=RTDETRTransformerv2(num_layers=3, **DEIM_ARGS),
     )
     images = jnp.asarray(np.transpose(ev["images"], (0, 2, 3, 1)))
-    n_dn = t["dn/dn_group/input_query_class"].shape[1]
-    group = {
-        "query_class": jnp.asarray(t["dn/dn_group/input_query_class"]),
-        "query_bbox_unact": jnp.asarray(t["dn/dn_group/input_query_bbox_unact"]),
-        "attn_mask": jnp.asarray(t["dn/dn_group/attn_mask"]),
-        "num_group": jnp.int32(t["dn/dn_group/dn_meta/dn_num_group"]),
-        "max_gt": jnp.int32(3),
-        "valid": jnp.ones((n_dn,), bool),
-    }
+    group = fixture_dn_group(t)
     fwd = jax.jit(lambda v, x, g: model.apply(v, x, train=True, dn_group=g, mutable=["batch_stats"]))
-
-    def check(label, mine, ref, tol, idx=None):
-        mine = np.asarray(mine)
-        if idx is not None:
-            mine, ref = align(mine, idx[0]), align(ref, idx[1])
-        assert mine.shape == ref.shape, label
-        err = float(np.abs(mine - ref).max())
-        assert err <= tol, f"{label}: max abs diff {err} > {tol}"
 
     for var, grp in (("nodn", None), ("dn", group)):
         out, upd = fwd(variables, images, grp)
@@ -288,10 +275,12 @@ def test_train_parity_r18_full_model():
             assert set(mi[b].tolist()) == set(ri[b].tolist()), f"{var}: top-k sets differ"
         idx = (mi, ri)
         for k, tol in _TRAIN_TOL.items():
-            check(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], tol, idx)
+            check_max_abs(f"{var}/{k}", out[k], t[f"{var}/out/{k}"], tol, idx)
             for i in range(2):
-                check(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"], tol, idx)
-            check(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"], tol, idx)
+                check_max_abs(f"{var}/aux{i}/{k}", out["aux_outputs"][i][k], t[f"{var}/out/aux_outputs/{i}/{k}"], tol,
+                              idx)
+            check_max_abs(f"{var}/enc/{k}", out["enc_aux_outputs"][0][k], t[f"{var}/out/enc_aux_outputs/0/{k}"], tol,
+                          idx)
         if grp is None:
             assert "dn_outputs" not in out
             for key in [k for k in t.files if k.startswith("nodn/bn_running_after/decoder.")]:
@@ -299,10 +288,11 @@ def test_train_parity_r18_full_model():
                 node = upd["batch_stats"]
                 for p in convert.torch_key_to_flax(torch_key, 1)[1]:
                     node = node[p]
-                np.testing.assert_allclose(np.asarray(node), t[key], rtol=0, atol=1e-5, err_msg=torch_key)
+                # vs torch: batch moments of a 640x640 map in another summation order
+                assert_f32_close(node, t[key], err_msg=torch_key)
             continue
         assert len(out["dn_outputs"]) == 3
         for i in range(3):  # denoising queries have a fixed order
             for k, tol in _TRAIN_TOL.items():
-                check(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], tol)
+                check_max_abs(f"dn/dn{i}/{k}", out["dn_outputs"][i][k], t[f"dn/out/dn_outputs/{i}/{k}"], tol)
         assert int(out["dn_meta"]["num_group"]) == 33

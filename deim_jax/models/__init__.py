@@ -1,47 +1,103 @@
-"""Model zoo: ``build(cfg)`` returns the Flax module of a config."""
+"""Model zoo: ``build(cfg)`` returns the Flax module of a config; ``frozen_filter(cfg)`` says which
+of its parameters the optimizer must leave alone.
+
+Families (``cfg.model.family``): ``dfine`` (HGNetv2 + D-FINE hybrid encoder + D-FINE decoder) and
+``rtdetrv2`` (PResNet-vd + RT-DETRv2 hybrid encoder + RT-DETRv2 decoder). Images are NHWC float32
+RGB in [0, 1]; boxes normalized cxcywh.
+"""
 
 from __future__ import annotations
 
-from typing import Dict
+import dataclasses
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deim_jax.models.deformable_attention import num_points_scale
 from deim_jax.models.deim import DEIM
+from deim_jax.models.dfine_decoder import DFINETransformer
+from deim_jax.models.hgnetv2 import HGNetv2
+from deim_jax.models.hybrid_encoder import HybridEncoder
+from deim_jax.models.presnet import PResNet
+from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
+from deim_jax.ops.anchors import generate_anchors
 
 
-def _tuples(section) -> dict:
-    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(section).items()}
+class _Family(NamedTuple):
+    backbone_name: str  # the value ``cfg.model.backbone.name`` must have
+    backbone: type
+    decoder: type
+
+
+FAMILIES = {
+    "dfine": _Family("HGNetv2", HGNetv2, DFINETransformer),
+    "rtdetrv2": _Family("PResNet", PResNet, RTDETRTransformerv2),
+}
+
+
+def _family(cfg) -> _Family:
+    family = cfg.model.family
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r} (config field model.family); known: {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def _kwargs(section, module_cls: type, where: str, skip: Tuple[str, ...] = ()) -> dict:
+    """Config section -> constructor arguments (lists become tuples); an unknown field is an error."""
+    known = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
+    kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.items() if k not in skip}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {module_cls.__name__}; known: {sorted(known)}")
+    return kw
+
+
+def build_backbone(cfg) -> nn.Module:
+    """The backbone of ``cfg.model.backbone`` (``name`` must match the family's backbone)."""
+    fam = _family(cfg)
+    section = cfg.model.backbone
+    if section.name != fam.backbone_name:
+        raise ValueError(f"cfg.model.backbone.name {section.name!r}: family {cfg.model.family!r} uses "
+                         f"{fam.backbone_name!r}")
+    return fam.backbone(**_kwargs(section, fam.backbone, "cfg.model.backbone", skip=("name",)))
 
 
 def build(cfg) -> DEIM:
     """The detector described by ``cfg.model`` (and ``cfg.num_classes``, ``cfg.eval_spatial_size``).
 
-    Families: ``dfine`` (HGNetv2 + D-FINE hybrid encoder + D-FINE decoder) and ``rtdetrv2``
-    (PResNet-vd + RT-DETRv2 hybrid encoder + RT-DETRv2 decoder).
+    Every field of ``cfg.model.{backbone,encoder,decoder}`` is a constructor argument of that
+    module (unknown fields raise); the encoder's ``in_channels`` must be the backbone's
+    ``out_channels``.
     """
-    from deim_jax.models.hybrid_encoder import HybridEncoder
-
-    family = cfg.model.family
-    eval_size = tuple(cfg.eval_spatial_size)
-    b = _tuples(cfg.model.backbone)
-    b.pop("name", None)
-    if family == "dfine":
-        from deim_jax.models.dfine_decoder import DFINETransformer as Decoder
-        from deim_jax.models.hgnetv2 import HGNetv2
-
-        backbone = HGNetv2(name_variant=b.pop("variant"), **b)
-    elif family == "rtdetrv2":
-        from deim_jax.models.presnet import PResNet
-        from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2 as Decoder
-
-        backbone = PResNet(**b)
-    else:
-        raise ValueError(f"unknown model family {family!r} (config field model.family); known: 'dfine', 'rtdetrv2'")
-    encoder = HybridEncoder(**_tuples(cfg.model.encoder), eval_spatial_size=eval_size)
-    decoder = Decoder(num_classes=cfg.num_classes, **_tuples(cfg.model.decoder), eval_spatial_size=eval_size)
+    fam = _family(cfg)
+    backbone = build_backbone(cfg)
+    encoder = HybridEncoder(**_kwargs(cfg.model.encoder, HybridEncoder, "cfg.model.encoder"),
+                            eval_spatial_size=tuple(cfg.eval_spatial_size))
+    if tuple(encoder.in_channels) != backbone.out_channels:
+        raise ValueError(f"cfg.model.encoder.in_channels {tuple(encoder.in_channels)} differ from the "
+                         f"backbone's output channels {backbone.out_channels}")
+    decoder = fam.decoder(num_classes=cfg.num_classes,
+                          **_kwargs(cfg.model.decoder, fam.decoder, "cfg.model.decoder"))
     return DEIM(backbone=backbone, encoder=encoder, decoder=decoder)
+
+
+def frozen_filter(cfg) -> Optional[Callable[[Tuple], bool]]:
+    """Predicate over FULL params paths (``('backbone', 'stem', 'stem1', 'conv', 'kernel')``, keys as
+    strings or ``DictKey``): True for a parameter the optimizer must not train, by the backbone's
+    ``freeze_at`` / ``freeze_norm`` rules (``frozen_param_filter`` of HGNetv2 / PResNet); paths
+    outside ``backbone`` are never frozen. None when nothing is frozen."""
+    pred = build_backbone(cfg).frozen_param_filter()
+    if pred is None:
+        return None
+
+    def is_frozen(path) -> bool:
+        keys = tuple(str(getattr(p, "key", p)) for p in path)
+        return len(keys) > 1 and keys[0] == "backbone" and pred(keys[1:])
+
+    return is_frozen
 
 
 def init_shapes(model: DEIM, cfg) -> Dict:
@@ -64,16 +120,14 @@ def count_params(tree) -> int:
 def derived_constants(cfg, log=np.log) -> Dict[str, np.ndarray]:
     """Values the official state dict stores but the model recomputes (anchors, valid mask, point scales).
 
-    ``log``: the float32 logarithm used for the anchor logits (see ``anchors.generate_anchors``).
+    ``log``: the float32 logarithm used for the anchor logits (see ``ops.anchors.generate_anchors``).
     """
-    from deim_jax.ops.anchors import generate_anchors
-
     d = cfg.model.decoder
     h, w = cfg.eval_spatial_size
     shapes = [(int(np.ceil(h / s)), int(np.ceil(w / s))) for s in d.feat_strides]
     anchors, valid = generate_anchors(shapes, log=log)
     out = {"decoder.anchors": np.asarray(anchors, np.float32), "decoder.valid_mask": np.asarray(valid, bool)}
-    scale = np.concatenate([np.full((n,), 1.0 / n, np.float32) for n in d.num_points]).astype(np.float32)
+    scale = num_points_scale(d.num_points)
     for i in range(d.num_layers):
         out[f"decoder.decoder.layers.{i}.cross_attn.num_points_scale"] = scale
     return out

@@ -1,11 +1,15 @@
-"""Multi-scale deformable attention (D-FINE variant, deim_dfine.md §5.6) and a gather-based
-bilinear sampler equal to ``F.grid_sample(mode='bilinear', padding_mode='zeros',
-align_corners=False)``.
+"""Multi-scale deformable attention (deim_dfine.md §5.6, rtdetrv2.md §5.6) and its samplers.
 
-Value layout: the encoder memory [B, S, d] (levels concatenated, each row-major) is viewed as
-``[B, S, nH, hd]`` (head h owns channels ``h*hd:(h+1)*hd``). Every sampling point of every level
-becomes 4 corner taps into that one flat table, so a whole attention call is a single gather
-followed by one weighted reduction (attention weight x bilinear weight x in-bounds).
+Value layout: the encoder memory [B, S, d] (levels concatenated, finest first, each row-major) is
+viewed as ``[B, S, nH, hd]`` (head h owns channels ``h*hd:(h+1)*hd``). Sampling locations are
+normalized (x, y) in [0, 1]; the points of a head are grouped level by level. Both samplers turn
+every tap of every level into one row of that flat table, so an attention call is one gather and
+one weighted reduction:
+
+* ``'default'``: bilinear with zero padding, equal to ``F.grid_sample(mode='bilinear',
+  padding_mode='zeros', align_corners=False)`` (4 corner taps per point);
+* ``'discrete'``: the nearest pixel ``trunc(loc * [W, H] + 0.5)`` clamped to ``[0, H_l - 1]`` on
+  both axes (the official square-map assumption), one tap per point.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deim_jax.models.layers import xavier_uniform
+
+SpatialShapes = Sequence[Tuple[int, int]]
 
 
 def bilinear_taps(loc: jax.Array, height: int, width: int):
@@ -44,6 +51,13 @@ def bilinear_taps(loc: jax.Array, height: int, width: int):
     xi = jnp.clip(xs, 0, width - 1).astype(jnp.int32)
     yi = jnp.clip(ys, 0, height - 1).astype(jnp.int32)
     return yi * width + xi, w
+
+
+def discrete_taps(loc: jax.Array, height: int, width: int):
+    """The one tap of ``method='discrete'``: ``(flat_index [..., 1] int32, weight [..., 1] = 1)``."""
+    c = jnp.trunc(loc * jnp.asarray([width, height], loc.dtype) + 0.5).astype(jnp.int32)
+    c = jnp.clip(c, 0, height - 1)
+    return (c[..., 1] * width + c[..., 0])[..., None], jnp.ones(loc.shape[:-1] + (1,), loc.dtype)
 
 
 def grid_sample_bilinear(value: jax.Array, loc: jax.Array) -> jax.Array:
@@ -80,30 +94,36 @@ def split_heads(memory: jax.Array, num_heads: int) -> jax.Array:
     return memory.reshape(b, s, num_heads, d // num_heads)
 
 
+_TAPS = {"default": bilinear_taps, "discrete": discrete_taps}
+
+
 def deformable_sample(
     value: jax.Array,
-    spatial_shapes: Sequence[Tuple[int, int]],
+    spatial_shapes: SpatialShapes,
     loc: jax.Array,
     weights: jax.Array,
     num_points: Sequence[int],
+    method: str = "default",
 ) -> jax.Array:
     """Weighted multi-level sampling, one gather for all levels.
 
     ``value`` [B, S, nH, hd]; ``loc`` [B, Q, nH, sumP, 2] normalized (x, y); ``weights``
-    [B, Q, nH, sumP] (softmaxed attention). Points are grouped level by level. Returns
-    [B, Q, nH * hd].
+    [B, Q, nH, sumP] (softmaxed attention); ``method`` 'default' (bilinear) or 'discrete'
+    (nearest pixel). Returns [B, Q, nH * hd].
     """
+    if method not in _TAPS:
+        raise ValueError(f"cross_attn_method {method!r}: choose 'default' or 'discrete'")
     b, s, nh, hd = value.shape
     q = loc.shape[1]
     idx_l, w_l = [], []
     start, p0 = 0, 0
     for (h, w), n in zip(spatial_shapes, num_points):
-        idx, wt = bilinear_taps(loc[:, :, :, p0 : p0 + n], h, w)  # [B, Q, nH, n, 4]
+        idx, wt = _TAPS[method](loc[:, :, :, p0 : p0 + n], h, w)  # [B, Q, nH, n, T]
         idx_l.append(idx + start)
         w_l.append(wt)
         start += h * w
         p0 += n
-    idx = jnp.concatenate(idx_l, axis=3)  # [B, Q, nH, P, 4]
+    idx = jnp.concatenate(idx_l, axis=3)  # [B, Q, nH, P, T]
     wt = jnp.concatenate(w_l, axis=3) * weights[..., None]
     # flat row of (b, s, h) in value.reshape(B*S*nH, hd)
     base = (jnp.arange(b, dtype=jnp.int32) * (s * nh))[:, None, None, None, None] + jnp.arange(nh, dtype=jnp.int32)[
@@ -117,14 +137,15 @@ def deformable_sample(
 
 
 class MSDeformableAttention(nn.Module):
-    """D-FINE deformable cross-attention: ``sampling_offsets`` and ``attention_weights`` only.
+    """Deformable cross-attention: ``sampling_offsets``, ``attention_weights`` (zero-init kernels)
+    and, with ``use_projections`` (RT-DETRv2), ``value_proj`` / ``output_proj`` (xavier).
 
-    ``__call__(query [B, Q, d], reference [B, Q, 4] cxcywh in (0, 1), value [B, S, nH, hd],
-    spatial_shapes) -> [B, Q, d]``. Sampling location = ``ref_xy + off * (1/n_l) * ref_wh *
-    offset_scale``; softmax over all points of a head jointly.
-
-    ``use_projections=True`` adds the RT-DETRv2 ``value_proj`` / ``output_proj`` Dense layers (then
-    ``value`` must be the raw memory [B, S, d]; it is projected and split here).
+    ``__call__(query [B, Q, d], reference [B, Q, 4] cxcywh in (0, 1), value, spatial_shapes)
+    -> [B, Q, d]``. ``value``: the memory split in heads [B, S, nH, hd] (``split_heads``) without
+    projections, the raw memory [B, S, d] with them. Sampling location = ``ref_xy + off * (1/n_l)
+    * ref_wh * offset_scale``; softmax over all points of a head jointly. ``method='discrete'``
+    (unused by the configs) samples the nearest pixel; the optimizer must then keep
+    ``sampling_offsets`` frozen, as the official code does.
     """
 
     embed_dim: int
@@ -132,9 +153,10 @@ class MSDeformableAttention(nn.Module):
     num_points: Tuple[int, ...] = (3, 6, 3)
     offset_scale: float = 0.5
     use_projections: bool = False
+    method: str = "default"
 
     @nn.compact
-    def __call__(self, query, reference, value, spatial_shapes):
+    def __call__(self, query, reference, value, spatial_shapes: SpatialShapes):
         b, q, _ = query.shape
         nh = self.num_heads
         tp = int(sum(self.num_points))
@@ -148,12 +170,11 @@ class MSDeformableAttention(nn.Module):
         aw = nn.Dense(nh * tp, kernel_init=nn.initializers.zeros, name="attention_weights")(query)
         aw = jax.nn.softmax(aw.reshape(b, q, nh, tp), axis=-1)
         if self.use_projections:
-            value = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(), name="value_proj")(value)
-            value = split_heads(value, nh)
+            value = split_heads(nn.Dense(self.embed_dim, kernel_init=xavier_uniform, name="value_proj")(value), nh)
         scale = jnp.asarray(num_points_scale(self.num_points), query.dtype)[:, None]  # [P, 1]
         ref = reference[:, :, None, None, :]
         loc = ref[..., :2] + off * scale * ref[..., 2:] * self.offset_scale
-        out = deformable_sample(value, spatial_shapes, loc, aw, self.num_points)
+        out = deformable_sample(value, spatial_shapes, loc, aw, self.num_points, self.method)
         if self.use_projections:
-            out = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(), name="output_proj")(out)
+            out = nn.Dense(self.embed_dim, kernel_init=xavier_uniform, name="output_proj")(out)
         return out

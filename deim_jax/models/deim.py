@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 import flax.linen as nn
 import jax
 
-from deim_jax.models import denoising
+from deim_jax.models.denoising import make_contrastive_group
 
 
 class DEIM(nn.Module):
@@ -35,7 +35,7 @@ class DEIM(nn.Module):
         feats = self.backbone(images, train=train)
         feats = self.encoder(feats, train=train)
         if train and dn_group is None and targets is not None and self.decoder.num_denoising > 0:
-            dn_group = denoising.make_contrastive_group(
+            dn_group = make_contrastive_group(
                 self.make_rng("denoising"),
                 targets["labels"],
                 targets["boxes"],

@@ -13,96 +13,46 @@ ReLU, followed by a LearnableAffineBlock ``lab`` when ``use_lab``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import BatchNorm, Conv, backbone_freeze_filter, config_value
+from deim_jax.models.layers import BatchNorm, Conv, backbone_freeze_filter
 
-# Stage row: (in, mid, out, num_blocks, downsample, light_block, kernel, layer_num).
-# B0/B2/B4/B5 are the ones DEIM-D-FINE uses (deim_dfine.md §3.2, proven by parity/param counts);
-# B1/B3/B6 follow the official table (not exercised by any fixture).
-_ARCH: Dict[str, Dict[str, Any]] = {
-    "B0": dict(
-        stem=(3, 16, 16),
-        stages=(
-            (16, 16, 64, 1, False, False, 3, 3),
-            (64, 32, 256, 1, True, False, 3, 3),
-            (256, 64, 512, 2, True, True, 5, 3),
-            (512, 128, 1024, 1, True, True, 5, 3),
-        ),
-    ),
-    "B1": dict(
-        stem=(3, 24, 32),
-        stages=(
-            (32, 32, 64, 1, False, False, 3, 3),
-            (64, 48, 256, 1, True, False, 3, 3),
-            (256, 96, 512, 2, True, True, 5, 3),
-            (512, 192, 1024, 1, True, True, 5, 3),
-        ),
-    ),
-    "B2": dict(
-        stem=(3, 24, 32),
-        stages=(
-            (32, 32, 96, 1, False, False, 3, 4),
-            (96, 64, 384, 1, True, False, 3, 4),
-            (384, 128, 768, 3, True, True, 5, 4),
-            (768, 256, 1536, 1, True, True, 5, 4),
-        ),
-    ),
-    "B3": dict(
-        stem=(3, 24, 32),
-        stages=(
-            (32, 32, 128, 1, False, False, 3, 5),
-            (128, 64, 512, 1, True, False, 3, 5),
-            (512, 128, 1024, 3, True, True, 5, 5),
-            (1024, 256, 2048, 1, True, True, 5, 5),
-        ),
-    ),
-    "B4": dict(
-        stem=(3, 32, 48),
-        stages=(
-            (48, 48, 128, 1, False, False, 3, 6),
-            (128, 96, 512, 1, True, False, 3, 6),
-            (512, 192, 1024, 3, True, True, 5, 6),
-            (1024, 384, 2048, 1, True, True, 5, 6),
-        ),
-    ),
-    "B5": dict(
-        stem=(3, 32, 64),
-        stages=(
-            (64, 64, 128, 1, False, False, 3, 6),
-            (128, 128, 512, 2, True, False, 3, 6),
-            (512, 256, 1024, 5, True, True, 5, 6),
-            (1024, 512, 2048, 2, True, True, 5, 6),
-        ),
-    ),
-    "B6": dict(
-        stem=(3, 48, 96),
-        stages=(
-            (96, 96, 192, 2, False, False, 3, 6),
-            (192, 192, 512, 3, True, False, 3, 6),
-            (512, 384, 1024, 6, True, True, 5, 6),
-            (1024, 768, 2048, 3, True, True, 5, 6),
-        ),
-    ),
+# variant: (stem mid, stem out, layer_num, per stage (mid, out, num_blocks)). Stage i takes the
+# previous stage's (or the stem's) output; stages 1..3 start with a downsample, stages 2..3 use
+# light blocks with 5x5 kernels (3x3 before). B0/B2/B4/B5 are the ones DEIM-D-FINE uses
+# (deim_dfine.md §3.2, proven by parity/param counts); B1/B3/B6 follow the official table (not
+# exercised by any fixture).
+_VARIANTS = {
+    "B0": (16, 16, 3, ((16, 64, 1), (32, 256, 1), (64, 512, 2), (128, 1024, 1))),
+    "B1": (24, 32, 3, ((32, 64, 1), (48, 256, 1), (96, 512, 2), (192, 1024, 1))),
+    "B2": (24, 32, 4, ((32, 96, 1), (64, 384, 1), (128, 768, 3), (256, 1536, 1))),
+    "B3": (24, 32, 5, ((32, 128, 1), (64, 512, 1), (128, 1024, 3), (256, 2048, 1))),
+    "B4": (32, 48, 6, ((48, 128, 1), (96, 512, 1), (192, 1024, 3), (384, 2048, 1))),
+    "B5": (32, 64, 6, ((64, 128, 1), (128, 512, 2), (256, 1024, 5), (512, 2048, 2))),
+    "B6": (48, 96, 6, ((96, 192, 2), (192, 512, 3), (384, 1024, 6), (768, 2048, 3))),
 }
 
-ARCH_CONFIGS = _ARCH  # public, read-only by convention
+
+def _expand(stem_mid: int, stem_out: int, layer_num: int, stages) -> Dict[str, Any]:
+    rows, cin = [], stem_out
+    for i, (mid, out, nb) in enumerate(stages):
+        rows.append((cin, mid, out, nb, i > 0, i >= 2, 5 if i >= 2 else 3, layer_num))
+        cin = out
+    return {"stem": (3, stem_mid, stem_out), "stages": tuple(rows)}
 
 
-def out_channels(name_variant: str, return_idx: Sequence[int] = (1, 2, 3)) -> Tuple[int, ...]:
-    """Channels of the returned maps of a variant."""
-    stages = _arch(name_variant)["stages"]
-    return tuple(stages[i][2] for i in return_idx)
+# Stage row: (in, mid, out, num_blocks, downsample, light_block, kernel, layer_num).
+ARCH_CONFIGS: Dict[str, Dict[str, Any]] = {k: _expand(*v) for k, v in _VARIANTS.items()}  # read-only
 
 
-def _arch(name_variant: str) -> Dict[str, Any]:
-    if name_variant not in _ARCH:
-        raise ValueError(f"unknown HGNetv2 variant {name_variant!r}; known: {sorted(_ARCH)}")
-    return _ARCH[name_variant]
+def _arch(variant: str) -> Dict[str, Any]:
+    if variant not in ARCH_CONFIGS:
+        raise ValueError(f"unknown HGNetv2 variant {variant!r}; known: {sorted(ARCH_CONFIGS)}")
+    return ARCH_CONFIGS[variant]
 
 
 def _pad_right_bottom(x: jax.Array) -> jax.Array:
@@ -262,14 +212,14 @@ class HGStage(nn.Module):
 class HGNetv2(nn.Module):
     """HGNetv2 backbone.
 
-    ``__call__(x [B,H,W,3], train) -> [maps of the stages in return_idx]`` (NHWC).
-    ``freeze_norm=True`` turns every BN into a frozen one (running statistics,
-    no ``num_batches_tracked``). ``freeze_at`` / ``freeze_stem_only`` do not
-    change the computation; they only say which parameters the optimizer must
-    leave alone, see :func:`frozen_param_filter`.
+    ``__call__(x [B, H, W, 3], *, train) -> [maps of the stages in return_idx]`` (NHWC, channels
+    ``out_channels``). ``freeze_norm=True`` turns every BN into a frozen one (running statistics,
+    no ``num_batches_tracked``). ``freeze_at >= 0`` freezes the stem and, unless
+    ``freeze_stem_only``, stages ``0..freeze_at``: their outputs are gradient-stopped and
+    :meth:`frozen_param_filter` lists their parameters for the optimizer.
     """
 
-    name_variant: str = "B0"
+    variant: str = "B0"
     use_lab: bool = False
     return_idx: Tuple[int, ...] = (1, 2, 3)
     freeze_at: int = -1
@@ -278,43 +228,34 @@ class HGNetv2(nn.Module):
 
     @property
     def out_channels(self) -> Tuple[int, ...]:
-        return out_channels(self.name_variant, self.return_idx)
+        """Channels of the returned maps."""
+        stages = _arch(self.variant)["stages"]
+        return tuple(stages[i][2] for i in self.return_idx)
+
+    def frozen_tops(self) -> Tuple[str, ...]:
+        """Top-level submodules frozen by ``freeze_at`` / ``freeze_stem_only`` (official rules)."""
+        if self.freeze_at < 0:
+            return ()
+        stages = () if self.freeze_stem_only else tuple(f"stages_{i}" for i in range(min(self.freeze_at + 1, 4)))
+        return ("stem",) + stages
+
+    def frozen_param_filter(self) -> Optional[Callable[[Tuple[str, ...]], bool]]:
+        """Predicate over backbone-relative params paths (None when nothing is frozen), see
+        ``layers.backbone_freeze_filter``; every BatchNorm is named ``bn``."""
+        return backbone_freeze_filter(self.frozen_tops(), self.freeze_norm, "bn")
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool):
-        arch = _arch(self.name_variant)
+    def __call__(self, x: jax.Array, *, train: bool) -> List[jax.Array]:
+        arch = _arch(self.variant)
         _, mid, out = arch["stem"]
         kw = dict(use_lab=self.use_lab, frozen_norm=self.freeze_norm)
+        frozen = self.frozen_tops()
         x = StemBlock(mid, out, name="stem", **kw)(x, train)
+        x = jax.lax.stop_gradient(x) if "stem" in frozen else x
         outs = []
         for i, (cin, cmid, cout, nb, down, light, k, nl) in enumerate(arch["stages"]):
             x = HGStage(cin, cmid, cout, nb, nl, down, light, k, name=f"stages_{i}", **kw)(x, train)
+            x = jax.lax.stop_gradient(x) if f"stages_{i}" in frozen else x
             if i in self.return_idx:
                 outs.append(x)
         return outs
-
-
-
-
-def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
-    """Predicate ``path -> True if that backbone parameter is frozen``.
-
-    ``cfg_backbone``: the backbone config (ConfigDict/dict with ``freeze_at``,
-    ``freeze_norm``, ``freeze_stem_only``) or an :class:`HGNetv2` module.
-    ``path``: a tuple of keys into the params tree, either relative to the
-    backbone (``('stem', 'stem1', 'conv', 'kernel')``) or from the model root
-    (``('backbone', 'stem', ...)``; paths outside ``backbone`` are never frozen).
-    Semantics of the official code: ``freeze_at >= 0`` freezes the stem and, when
-    ``freeze_stem_only`` is False, stages 0..freeze_at as well; ``freeze_norm``
-    freezes every BN scale/bias (FrozenBatchNorm2d holds them as buffers).
-    """
-    freeze_at = int(config_value(cfg_backbone, "freeze_at", -1))
-    freeze_norm = bool(config_value(cfg_backbone, "freeze_norm", False))
-    stem_only = bool(config_value(cfg_backbone, "freeze_stem_only", True))
-    frozen_tops = set()
-    if freeze_at >= 0:
-        frozen_tops.add("stem")
-        if not stem_only:
-            frozen_tops.update(f"stages_{i}" for i in range(min(freeze_at + 1, 4)))
-
-    return backbone_freeze_filter(frozen_tops, freeze_norm, "bn")

@@ -19,7 +19,8 @@ The wiring is shared; the three block types depend on ``version``:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import functools
+from typing import Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -149,21 +150,15 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """``num_layers`` TransformerEncoderLayer ``layers_i``, no final norm."""
+    """``num_layers`` layers ``layers_i`` made by ``make_layer`` (a TransformerEncoderLayer), no final norm."""
 
+    make_layer: Callable[..., nn.Module]
     num_layers: int
-    d_model: int
-    nhead: int
-    dim_feedforward: int
-    dropout: float = 0.0
-    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, src, pos_embed=None, train: bool = False):
         for i in range(self.num_layers):
-            src = TransformerEncoderLayer(
-                self.d_model, self.nhead, self.dim_feedforward, self.dropout, self.activation, name=f"layers_{i}"
-            )(src, pos_embed, train)
+            src = self.make_layer(name=f"layers_{i}")(src, pos_embed, train)
         return src
 
 
@@ -244,10 +239,9 @@ class HybridEncoder(nn.Module):
             b, h, w, _ = proj[enc_ind].shape
             src = proj[enc_ind].reshape(b, h * w, hd)
             pos = self._pos_embed(enc_ind, h, w, train).astype(src.dtype)
-            mem = TransformerEncoder(
-                self.num_encoder_layers, hd, self.nhead, self.dim_feedforward, self.dropout, self.enc_act,
-                name=f"encoder_{i}",
-            )(src, pos, train)
+            layer = functools.partial(TransformerEncoderLayer, hd, self.nhead, self.dim_feedforward, self.dropout,
+                                      self.enc_act)
+            mem = TransformerEncoder(layer, self.num_encoder_layers, name=f"encoder_{i}")(src, pos, train)
             proj[enc_ind] = mem.reshape(b, h, w, hd)
 
         # top-down FPN

@@ -13,7 +13,7 @@ Conventions (the converter in ``deim_jax.convert`` relies on them):
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -208,32 +208,22 @@ class MultiheadAttention(nn.Module):
         return nn.Dense(d, kernel_init=torch_kernel_init, name="out_proj")(out)
 
 
-def config_value(cfg, key, default):
-    """``cfg[key]`` for a mapping or ConfigDict, ``getattr`` for a module; ``default`` when absent."""
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def backbone_freeze_filter(frozen_tops, freeze_norm: bool, norm_name: str) -> Callable[[Tuple], bool]:
-    """Predicate ``path -> frozen?`` for backbone parameters (the official freeze_at/freeze_norm rules).
+def backbone_freeze_filter(
+    frozen_tops: Sequence[str], freeze_norm: bool, norm_name: str
+) -> Optional[Callable[[Tuple[str, ...]], bool]]:
+    """Predicate ``path -> frozen?`` over backbone-relative params paths (official freeze rules),
+    or None when nothing is frozen.
 
     ``frozen_tops``: top-level backbone submodules whose parameters are all frozen (the stem,
     early stages). ``freeze_norm``: every BatchNorm scale/bias (named ``norm_name``) is frozen,
-    as FrozenBatchNorm2d holds them as buffers. ``path``: keys relative to the backbone, or from
-    the model root (``backbone/...``, optionally under ``params``); encoder/decoder paths are never
-    frozen. Keys may be strings or ``DictKey`` entries.
+    as FrozenBatchNorm2d holds them as buffers. ``path``: string keys below the backbone, e.g.
+    ``('stem', 'stem1', 'conv', 'kernel')``.
     """
     frozen_tops = frozenset(frozen_tops)
+    if not frozen_tops and not freeze_norm:
+        return None
 
-    def is_frozen(path) -> bool:
-        path = tuple(str(getattr(p, "key", p)) for p in path)
-        if path and path[0] == "params":
-            path = path[1:]
-        if path and path[0] == "backbone":
-            path = path[1:]
-        elif path and path[0] in ("encoder", "decoder"):
-            return False
+    def is_frozen(path: Tuple[str, ...]) -> bool:
         if not path:
             return False
         if path[0] in frozen_tops:

@@ -11,13 +11,13 @@ of a bottleneck, and a downsampling shortcut avg-pool 2x2/2 (ceil mode) + 1x1 co
 
 from __future__ import annotations
 
-from typing import Callable, List, Mapping, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import ConvNorm, backbone_freeze_filter, config_value
+from deim_jax.models.layers import ConvNorm, backbone_freeze_filter
 
 # depth -> (block type, blocks per stage)
 ARCH = {
@@ -27,12 +27,6 @@ ARCH = {
     101: ("bottleneck", (3, 4, 23, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
-
-
-def out_channels(depth: int, return_idx: Sequence[int] = (1, 2, 3)) -> Tuple[int, ...]:
-    """Channels of the returned maps (128/256/512 for R18/R34, 512/1024/2048 for R50/R101)."""
-    exp = 1 if ARCH[depth][0] == "basic" else 4
-    return tuple(STAGE_WIDTHS[i] * exp for i in return_idx)
 
 
 def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
@@ -74,9 +68,15 @@ def _shortcut(x, features, stride, has_proj, frozen_norm, train):
     return ConvNorm(features, 1, stride, act=None, frozen_norm=frozen_norm, name="short")(x, train)
 
 
-class BasicBlock(nn.Module):
-    """``relu(branch2b(branch2a(x)) + short(x))``; 3x3 (stride, ReLU) -> 3x3 (no act)."""
+class Block(nn.Module):
+    """A residual block ``relu(branch(x) + short(x))`` of variant 'd'.
 
+    ``block='basic'``: ``branch2a`` 3x3 (stride, ReLU) -> ``branch2b`` 3x3 (no act), ``features``
+    out. ``'bottleneck'``: ``branch2a`` 1x1 (ReLU) -> ``branch2b`` 3x3 (stride, ReLU) ->
+    ``branch2c`` 1x1 to ``4 * features`` (no act). ``short``: identity or projection (``has_proj``).
+    """
+
+    block: str
     features: int
     stride: int = 1
     has_proj: bool = False
@@ -84,29 +84,15 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        fz = self.frozen_norm
-        short = _shortcut(x, self.features, self.stride, self.has_proj, fz, train)
-        y = ConvNorm(self.features, 3, self.stride, act="relu", frozen_norm=fz, name="branch2a")(x, train)
-        y = ConvNorm(self.features, 3, 1, act=None, frozen_norm=fz, name="branch2b")(y, train)
-        return jax.nn.relu(y + short)
-
-
-class BottleNeck(nn.Module):
-    """1x1 (ReLU) -> 3x3 stride (ReLU) -> 1x1 x4 (no act), ``relu(branch + short)`` (variant 'd')."""
-
-    features: int
-    stride: int = 1
-    has_proj: bool = False
-    frozen_norm: bool = False
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        fz = self.frozen_norm
-        w = self.features
-        y = ConvNorm(w, 1, 1, act="relu", frozen_norm=fz, name="branch2a")(x, train)
-        y = ConvNorm(w, 3, self.stride, act="relu", frozen_norm=fz, name="branch2b")(y, train)
-        y = ConvNorm(w * 4, 1, 1, act=None, frozen_norm=fz, name="branch2c")(y, train)
-        short = _shortcut(x, w * 4, self.stride, self.has_proj, fz, train)
+        w, fz = self.features, self.frozen_norm
+        if self.block == "basic":
+            convs = ((w, 3, self.stride, "relu"), (w, 3, 1, None))
+        else:
+            convs = ((w, 1, 1, "relu"), (w, 3, self.stride, "relu"), (w * 4, 1, 1, None))
+        y = x
+        for name, (c, k, s, act) in zip(("branch2a", "branch2b", "branch2c"), convs):
+            y = ConvNorm(c, k, s, act=act, frozen_norm=fz, name=name)(y, train)
+        short = _shortcut(x, convs[-1][0], self.stride, self.has_proj, fz, train)
         return jax.nn.relu(y + short)
 
 
@@ -121,9 +107,9 @@ class _Blocks(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        cls = BasicBlock if self.block == "basic" else BottleNeck
         for b in range(self.count):
-            x = cls(
+            x = Block(
+                self.block,
                 self.features,
                 stride=self.stride if b == 0 else 1,
                 has_proj=b == 0,
@@ -148,10 +134,11 @@ class _Stem(nn.Module):
 class PResNet(nn.Module):
     """ResNet-vd backbone.
 
-    ``__call__(images [B, H, W, 3], train) -> [maps]`` NHWC, one per ``return_idx`` stage.
-    ``freeze_norm`` makes every BatchNorm a FrozenBatchNorm (running statistics always).
-    ``freeze_at >= 0`` freezes the stem and ``res_layers[0 .. freeze_at-1]``: their outputs are
-    wrapped in ``stop_gradient`` and :func:`frozen_param_filter` lists their params for the optimizer.
+    ``__call__(images [B, H, W, 3], *, train) -> [maps]`` NHWC, one per ``return_idx`` stage
+    (channels ``out_channels``). ``freeze_norm`` makes every BatchNorm a FrozenBatchNorm (running
+    statistics always). ``freeze_at >= 0`` freezes the stem and ``res_layers[0 .. freeze_at-1]``:
+    their outputs are gradient-stopped and :meth:`frozen_param_filter` lists their parameters for
+    the optimizer.
     """
 
     depth: int = 50
@@ -162,58 +149,46 @@ class PResNet(nn.Module):
     num_stages: int = 4
     act: str = "relu"
 
+    @property
+    def out_channels(self) -> Tuple[int, ...]:
+        """Channels of the returned maps (128/256/512 for R18/R34, 512/1024/2048 for R50/R101)."""
+        exp = 1 if _arch(self.depth)[0] == "basic" else 4
+        return tuple(STAGE_WIDTHS[i] * exp for i in self.return_idx)
+
+    def frozen_tops(self) -> Tuple[str, ...]:
+        """Top-level submodules frozen by ``freeze_at`` (official rules: stem ``conv1`` and the
+        first ``freeze_at`` stages)."""
+        if self.freeze_at < 0:
+            return ()
+        return ("conv1",) + tuple(f"res_layers_{s}" for s in range(self.freeze_at))
+
+    def frozen_param_filter(self) -> Optional[Callable[[Tuple[str, ...]], bool]]:
+        """Predicate over backbone-relative params paths (None when nothing is frozen), see
+        ``layers.backbone_freeze_filter``; every BatchNorm is named ``norm``."""
+        return backbone_freeze_filter(self.frozen_tops(), self.freeze_norm, "norm")
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> List[jax.Array]:
+    def __call__(self, x: jax.Array, *, train: bool) -> List[jax.Array]:
         if self.variant != "d":
             raise NotImplementedError(f"PResNet variant {self.variant!r}: only 'd' is implemented")
         if self.act != "relu":
             raise NotImplementedError("PResNet act: only 'relu' is used by the official configs")
-        if self.depth not in ARCH:
-            raise ValueError(f"PResNet depth {self.depth}: choose one of {sorted(ARCH)}")
-        block, counts = ARCH[self.depth]
+        block, counts = _arch(self.depth)
         fz = self.freeze_norm
+        frozen = self.frozen_tops()
         x = _Stem(fz, name="conv1")(x, train)
-        if self.freeze_at >= 0:
-            x = jax.lax.stop_gradient(x)
+        x = jax.lax.stop_gradient(x) if "conv1" in frozen else x
         x = max_pool_3x3_s2(x)
         outs = []
         for s in range(self.num_stages):
             x = _Blocks(block, STAGE_WIDTHS[s], counts[s], 1 if s == 0 else 2, fz, name=f"res_layers_{s}")(x, train)
-            if s < self.freeze_at:
-                x = jax.lax.stop_gradient(x)
+            x = jax.lax.stop_gradient(x) if f"res_layers_{s}" in frozen else x
             if s in self.return_idx:
                 outs.append(x)
         return outs
 
 
-
-
-def frozen_param_filter(cfg_backbone) -> Callable[[Tuple[str, ...]], bool]:
-    """Predicate ``path -> True if that backbone parameter is frozen`` (same API as HGNetv2's).
-
-    ``cfg_backbone``: the backbone config (ConfigDict/dict with ``freeze_at``, ``freeze_norm``) or
-    a :class:`PResNet`. ``path``: keys into the params tree, relative to the backbone
-    (``('conv1', 'conv1_1', 'conv', 'kernel')``) or from the model root (``('backbone', ...)``,
-    optionally under ``'params'``; paths in ``encoder`` / ``decoder`` are never frozen).
-    Official rules: ``freeze_at >= 0`` freezes ``conv1`` (stem) and ``res_layers_{s}`` for
-    ``s < freeze_at``; ``freeze_norm`` makes every backbone BatchNorm a FrozenBatchNorm2d whose
-    affine weights are buffers (never trained).
-    """
-    freeze_at = int(config_value(cfg_backbone, "freeze_at", -1))
-    freeze_norm = bool(config_value(cfg_backbone, "freeze_norm", False))
-    frozen_tops = set()
-    if freeze_at >= 0:
-        frozen_tops.add("conv1")
-        frozen_tops.update(f"res_layers_{s}" for s in range(freeze_at))
-
-    return backbone_freeze_filter(frozen_tops, freeze_norm, "norm")
-
-
-def frozen_mask(backbone_params: Mapping, cfg_backbone):
-    """Pytree of bools with the structure of ``backbone_params`` (True = frozen)."""
-    pred = frozen_param_filter(cfg_backbone)
-
-    def walk(tree, prefix):
-        return {k: walk(v, prefix + (k,)) if isinstance(v, Mapping) else pred(prefix + (k,)) for k, v in tree.items()}
-
-    return walk(backbone_params, ())
+def _arch(depth: int):
+    if depth not in ARCH:
+        raise ValueError(f"PResNet depth {depth}: choose one of {sorted(ARCH)}")
+    return ARCH[depth]
