@@ -34,8 +34,8 @@ def define_config_flag():
 
 
 def config_argv(argv: Sequence[str], default: Optional[str] = None) -> List[str]:
-    """``argv`` with ``--config=NAME`` / ``--config NAME`` turned into ``--config=PATH[:ARG]``;
-    ``--config=DEFAULT`` is added when ``default`` is given and no ``--config`` is."""
+    """``argv`` (program name first) with ``--config=NAME`` / ``--config NAME`` turned into
+    ``--config=PATH[:ARG]``; ``--config=DEFAULT`` is added when ``default`` is given and no ``--config`` is."""
     out, seen, it = [], False, iter(argv)
     for a in it:
         if a == "--config":
@@ -48,8 +48,8 @@ def config_argv(argv: Sequence[str], default: Optional[str] = None) -> List[str]
                 sys.exit(f"error: {e}")
             a = f"--config={path}" + (f":{arg}" if arg else "")
         out.append(a)
-    if not seen and default is not None:
-        out += config_argv(["--config=" + default])
+    if not seen and default is not None:  # before any --config.a.b=v: overrides need the config flag first
+        out[1:1] = config_argv(["--config=" + default])
     return out
 
 
