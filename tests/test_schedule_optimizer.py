@@ -247,3 +247,28 @@ def test_linear_warmup_schedule_of_the_dfine_baseline():
     t = np.array([0, 1, 2, 249, 498, 499, 500, 10_000])
     got = np.asarray(sched_lib.lr_used_at_step(t, 2.5e-4, cfg, 1, 1))  # iters/epochs: unused by this schedule
     np.testing.assert_allclose(got, 2.5e-4 * np.minimum(1.0, (t + 1) / 500), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["dfine_l_baseline", "rtdetrv2_r50_baseline"])
+def test_setup_freezes_the_backbone_of_the_frozen_baselines(name):
+    """The one training setup builds the optimizer with the config's frozen-parameter filter
+    (the benchmarks and tests use it too): the stem and, with freeze_norm, every backbone BN are frozen."""
+    from deim_jax import models
+    from deim_jax.configs import get_config
+    from deim_jax.train import setup as setup_lib
+
+    cfg = get_config(name)
+    s = setup_lib.setup(cfg, steps_per_epoch=10)
+    assert s.frozen is not None
+    shapes = models.init_shapes(s.model, cfg)["params"]
+    rows = {r["group"]: r for r in opt_lib.param_group_report(shapes, cfg, s.frozen)}
+    stem = "backbone.stem." if cfg.model.family == "dfine" else "backbone.conv1."
+    frozen = rows["frozen"]["names"]
+    assert any(n.startswith(stem) for n in frozen)
+    assert ("decoder.up" in frozen) == (cfg.model.family == "dfine")  # D-FINE's FDR constants, always frozen
+    assert not any(n.startswith(stem) for g, r in rows.items() if g != "frozen" for n in r["names"])
+    # the optimizer state has no moments for the frozen leaves (optax.set_to_zero in multi_transform)
+    state = jax.eval_shape(s.tx.init, shapes)
+    n_moments = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state) if x.ndim > 0)
+    trainable = sum(r["numel"] for g, r in rows.items() if g != "frozen")
+    assert n_moments == 2 * trainable
