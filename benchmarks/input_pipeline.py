@@ -8,19 +8,27 @@ and measures images/s for: (a) decode + resize to 640x640 (eval path), (b) the f
 pipeline in the mosaic phase (e0 <= epoch < e1: 50% mosaic of 4 images, photometric,
 zoom-out, IoU crop, flip, resize, MixUp), (c) the phase e1 <= epoch < e2 (no mosaic),
 (d) the no-aug phase. Prints a markdown table.
+
+``--config`` (default ``dfine_l``) and ``--config.data.*`` overrides choose the pipeline settings
+(the data paths are replaced by the synthetic set; ``--batch`` sets ``batch_size``).
 """
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
+import bench_common  # first: puts the repository on sys.path (run as python benchmarks/...)
 import numpy as np
+from absl import flags
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deim_jax import cli
+
+_CONFIG = cli.define_config_flag()
+_NUM = flags.DEFINE_integer("num", 0, "Images (default: enough for one epoch).")
+_BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per pipeline.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
 
 
 def make_set(root, num):
@@ -41,30 +49,25 @@ def make_set(root, num):
     return os.path.join(root, "img"), p
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--num", type=int, default=0, help="images (default: enough for one epoch)")
-    ap.add_argument("--batches", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=8)
-    a = ap.parse_args()
+def main(argv):
+    del argv
     import tensorflow as tf
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    from deim_jax import configs
     from deim_jax import data
     from deim_jax.data import transforms as T
 
-    a.num = a.num or (a.batches + 2) * a.batch     # the timed batches stay within one epoch
+    c = cli.require_config(_CONFIG)
+    batches, batch = _BATCHES.value, _BATCH.value
+    num = _NUM.value or (batches + 2) * batch     # the timed batches stay within one epoch
     root = tempfile.mkdtemp()
-    imgs, ann = make_set(root, a.num)
-    defaults = configs.module("defaults")
-    c = defaults.run("bench", "deim", epochs=1, batch_size=a.batch, num_classes=4)
-    t = defaults.DFINE_DATA["l"]
-    c.data = defaults.coco_data(c, eval_batch_size=a.batch, base_size_repeat=None, policy_epochs=t["policy_epochs"],
-                                mixup_epochs=t["mixup_epochs"], stop_epoch=t["stop_epoch"])
+    imgs, ann = make_set(root, num)
+    c.num_classes = 4
     c.data.train.images, c.data.train.annotations = imgs, ann
+    c.remap_mscoco_category = False
     c.data.remap_mscoco_category = False
-    c.data.batch_size = a.batch
+    c.batch_size = batch
+    c.data.batch_size = batch
     c.data.num_parallel_calls = 1
     c.data.prefetch = 1
     c.data.base_size_repeat = None
@@ -77,13 +80,13 @@ def main():
         img = T.decode_image(tf.io.read_file(paths[i]))
         return T.resize(img, tf.zeros([0, 4]), 640, 640)[0] / 255.0
 
-    ds = tf.data.Dataset.range(len(rec)).repeat().map(plain, num_parallel_calls=1).batch(a.batch).prefetch(1)
+    ds = tf.data.Dataset.range(len(rec)).repeat().map(plain, num_parallel_calls=1).batch(batch).prefetch(1)
     it = iter(ds)
     next(it)
     t = time.perf_counter()
-    for _ in range(a.batches):
+    for _ in range(batches):
         next(it)
-    rows.append(("decode + resize 640 (eval path)", a.batches * a.batch / (time.perf_counter() - t)))
+    rows.append(("decode + resize 640 (eval path)", batches * batch / (time.perf_counter() - t)))
 
     for name, epoch in [("train, mosaic phase (epoch in [e0, e1))", 10),
                         ("train, no-mosaic phase (epoch in [e1, e2))", 35),
@@ -91,9 +94,9 @@ def main():
         it = data.build_train_iterator(c.data, seed=0, state=dict(epoch=epoch, pos=0, step_in_epoch=0), records=rec)
         next(it)
         t = time.perf_counter()
-        for _ in range(a.batches):
+        for _ in range(batches):
             next(it)
-        rows.append((name, a.batches * a.batch / (time.perf_counter() - t)))
+        rows.append((name, batches * batch / (time.perf_counter() - t)))
     print("| pipeline (1 CPU thread, 640x480 JPEG -> 640x640) | images/s |")
     print("|---|---|")
     for n, v in rows:
@@ -101,4 +104,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, default_config="dfine_l")

@@ -8,24 +8,35 @@ cases; the scipy path then copies it to the host).  Everything is jitted; inputs
 on the default device; each timing is the median over repeats (the two methods are
 interleaved so that load from other processes hits both alike).
 
-    python benchmarks/matcher.py [--repeats 15] [--max-boxes 300] [--out benchmarks/results/matcher_cpu.md]
+    python benchmarks/matcher.py [--repeats=15] [--max_boxes=300] [--out=benchmarks/results/matcher_cpu.md]
+
+(absl flags like the other commands; it takes no ``--config``: the workload is the matcher alone.)
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import os
 import platform
 import subprocess
-import sys
 import time
 
+import bench_common  # first: puts the repository on sys.path (run as python benchmarks/...)
 import jax
 import numpy as np
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deim_jax.losses import matcher  # noqa: E402
+from deim_jax.losses import matcher
+
+_REPEATS = flags.DEFINE_integer("repeats", 15, "Timed repeats per method.")
+_OUTPUTS = flags.DEFINE_integer("outputs", 8, "Decoder outputs matched per step.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Images per batch.")
+_QUERIES = flags.DEFINE_integer("queries", 300, "Queries per image.")
+_MAX_BOXES = flags.DEFINE_integer("max_boxes", 300, "Padded targets per image.")
+_TARGETS = flags.DEFINE_list("targets", ["10", "50", "200"], "Real targets per image, one table row each.")
+_OUT = flags.DEFINE_string("out", os.path.join(bench_common.REPO, "benchmarks", "results", "matcher_cpu.md"),
+                           "Results file ('' = none).")
 
 
 def _cpu_info() -> str:
@@ -69,18 +80,21 @@ def _table(title, rows):
     ] + [f"| {n} | {d:.2f} | {s:.2f} | {r:.2f}x |" for n, d, s, r in rows])
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--outputs", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--max-boxes", type=int, default=300)
-    ap.add_argument("--targets", type=int, nargs="+", default=[10, 50, 200])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                   "results", "matcher_cpu.md"))
-    args = ap.parse_args(argv)
+@dataclasses.dataclass
+class _Args:
+    repeats: int
+    outputs: int
+    batch: int
+    queries: int
+    max_boxes: int
+    targets: list
+    out: str
 
+
+def main(argv):
+    del argv
+    args = _Args(repeats=_REPEATS.value, outputs=_OUTPUTS.value, batch=_BATCH.value, queries=_QUERIES.value,
+                 max_boxes=_MAX_BOXES.value, targets=[int(t) for t in _TARGETS.value], out=_OUT.value)
     methods = ("device", "scipy")
     solve = {m: jax.jit(lambda c, k, m=m: matcher.assign(c, k, method=m)) for m in methods}
     step = {m: jax.jit(lambda lg, pb, lb, tb, k, m=m: matcher.assign(
@@ -119,8 +133,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as fh:
             fh.write(header + table + "\n")
-    return rows_solve, rows_step
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,81 +1,76 @@
-"""Eval-mode forward time of DEIM-D-FINE models at 640x640 (jit-compiled, batch 1, median of repeats).
+"""Eval-mode forward time of a config at its eval size (jit-compiled, batch 1, median of repeats).
 
-    python benchmarks/model_forward.py [--configs dfine_n,dfine_l] [--repeats 10] [--out benchmarks/results/model_forward_<platform>.md]
+    python benchmarks/model_forward.py --config=dfine_n [--config.compute_dtype=bfloat16] [--repeats=10] [--out=FILE]
 
-The official PyTorch forward time measured on the machine that made the parity fixtures
-(summary.json ``eval_forward_time``, 2 threads) is printed beside ours as a reference when
-the fixture folder is available; it was measured on another run, so the ratio is indicative only.
+The forward is the train loop's predict step (``deim_jax.train.setup``). The official PyTorch
+forward time measured on the machine that made the parity fixtures (summary.json
+``eval_forward_time``, 2 threads) is shown beside ours when the fixture folder is available; it
+was measured on another run, so the ratio is indicative only. One row per run is appended to
+``benchmarks/results/model_forward_<platform>.md`` (or ``--out``).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 
+import bench_common  # first: puts the repository on sys.path (run as python benchmarks/...)
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from deim_jax import configs, models
+from deim_jax import cli, models
+from deim_jax.train import setup as setup_lib
+from deim_jax.train import sharding
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARITY = os.environ.get("DEIM_PARITY_DIR", os.path.join(REPO, "..", "shared", "parity"))
+PARITY = os.environ.get("DEIM_PARITY_DIR", os.path.join(bench_common.REPO, "..", "shared", "parity"))
+
+_CONFIG = cli.define_config_flag()
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed forwards (after the compiling one).")
+_OUT = flags.DEFINE_string("out", None, "Results file (default benchmarks/results/model_forward_<platform>.md).")
 
 
-def time_forward(name: str, repeats: int, batch: int = 1):
-    cfg = configs.get_config(name)
-    model = models.build(cfg)
-    variables = models.init(model, cfg, jax.random.PRNGKey(0))
+def time_forward(cfg, repeats: int, batch: int = 1):
+    """(compile + first forward seconds, [seconds of each timed forward])."""
+    s = setup_lib.setup(cfg, sharding.make_mesh(jax.devices()[:1]))
+    variables = sharding.replicate(models.init(s.model, cfg, jax.random.PRNGKey(0)), s.mesh)
     h, w = cfg.eval_spatial_size
     x = jnp.asarray(np.random.default_rng(0).random((batch, h, w, 3), np.float32))
-    fwd = jax.jit(lambda v, im: model.apply(v, im, train=False))
-    t0 = time.perf_counter()
-    jax.block_until_ready(fwd(variables, x))
-    compile_s = time.perf_counter() - t0
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        jax.block_until_ready(fwd(variables, x))
+        jax.block_until_ready(s.predict_step(variables, x))
         times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), times
+    return times[0], times[1:]
 
 
 def torch_reference(name: str):
-    size = name.split("_")[1]
+    """Median batch-1 forward seconds of the official model for ``dfine_<size>`` (fixture summary.json)."""
+    size = name.split("_")[1] if name.startswith("dfine_") else name
     path = os.path.join(PARITY, size, "summary.json")
     if not os.path.isfile(path):
         return None
     return json.load(open(path)).get("eval_forward_time", {}).get("batch1_median_s")
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--configs", default="dfine_n,dfine_l")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", default=None)
-    a = p.parse_args()
-    dev = jax.devices()[0]
-    header = (f"# Eval forward, 640x640, batch 1 ({datetime.date.today()}, {dev.platform}: {dev.device_kind}, "
-              f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, jax {jax.__version__})\n\n"
-              "| config | compile s | median ms | min ms | official PyTorch ms (fixture run) |\n|---|---|---|---|---|")
-    rows = [header]
-    print(header)
-    for name in a.configs.split(","):
-        compile_s, med, times = time_forward(name, a.repeats)
-        ref = torch_reference(name)
-        row = f"| {name} | {compile_s:.1f} | {med * 1e3:.1f} | {min(times) * 1e3:.1f} | {'-' if ref is None else f'{ref * 1e3:.1f}'} |"
-        print(row, flush=True)
-        rows.append(row)
-    out = a.out or os.path.join(REPO, "benchmarks", "results", f"model_forward_{dev.platform}.md")
-    with open(out, "w") as f:
-        f.write("\n".join(rows) + "\n")
-    print(f"wrote {out}")
+def main(argv):
+    del argv
+    cfg = cli.require_config(_CONFIG)
+    compile_s, times = time_forward(cfg, _REPEATS.value)
+    ref = torch_reference(cfg.name)
+    h, w = cfg.eval_spatial_size
+    out = _OUT.value or os.path.join(bench_common.REPO, "benchmarks", "results",
+                                     f"model_forward_{jax.devices()[0].platform}.md")
+    bench_common.append_row(out, f"# Eval forward, batch 1 ({bench_common.device_description()})",
+                            ["config", "size", "compute dtype", "compile s", "median ms", "min ms",
+                             "official PyTorch ms (fixture run)"],
+                            [cfg.name, f"{h}x{w}", cfg.compute_dtype, f"{compile_s:.1f}",
+                             f"{statistics.median(times) * 1e3:.1f}", f"{min(times) * 1e3:.1f}",
+                             "-" if ref is None else f"{ref * 1e3:.1f}"])
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

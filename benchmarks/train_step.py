@@ -1,29 +1,33 @@
-"""Images/s of the jitted DEIM train step (model -> loss -> grads -> AdamW -> EMA) at 640x640.
+"""Images/s of the jitted DEIM train step (model -> loss -> grads -> AdamW -> EMA) of a config.
 
-    python benchmarks/train_step.py [--configs dfine_n,dfine_l] [--dtypes float32,bfloat16] [--batch 2] [--repeats 5]
+    python benchmarks/train_step.py --config=dfine_n [--config.compute_dtype=bfloat16] [--batch=2] [--repeats=5]
 
-Synthetic batch (random image, 20 random boxes per image, max_boxes 100), denoising on, the
-matcher selected by ``loss.matcher.method`` ('auto': scipy callback on CPU, on-device solver
-on GPU/TPU). Results go to ``benchmarks/results/train_step_<platform>.md`` with date and device.
+The step is the one the train loop runs (``deim_jax.train.setup``: same optimizer, frozen
+parameters included). Synthetic batch (random image at the config's eval size, 20 random boxes
+per image, max_boxes 100), denoising on, the matcher selected by ``loss.matcher.method`` ('auto':
+scipy callback on CPU, on-device solver on GPU/TPU). One row per run is appended to
+``benchmarks/results/train_step_<platform>.md`` (or ``--out``) with date and device.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import platform
 import statistics
 import time
 
+import bench_common  # first: puts the repository on sys.path (run as python benchmarks/...)
 import jax
 import numpy as np
+from absl import flags
 
-from deim_jax import configs, losses, models
-from deim_jax.train import optimizer, sharding
-from deim_jax.train.train_step import create_state, make_train_step
+from deim_jax import cli, models
+from deim_jax.train import setup as setup_lib
+from deim_jax.train import sharding
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = cli.define_config_flag()
+_BATCH = flags.DEFINE_integer("batch", 2, "Global batch size.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps (after the compiling one).")
+_OUT = flags.DEFINE_string("out", None, "Results file (default benchmarks/results/train_step_<platform>.md).")
 
 
 def synthetic_batch(batch, size, max_boxes=100, n_boxes=20, seed=0):
@@ -37,55 +41,30 @@ def synthetic_batch(batch, size, max_boxes=100, n_boxes=20, seed=0):
             "labels": rng.integers(0, 80, (batch, max_boxes)).astype(np.int32), "mask": mask}
 
 
-def time_train_step(name, dtype, batch, repeats):
-    cfg = configs.get_config(name)
-    cfg.compute_dtype = dtype
-    mesh = sharding.make_mesh()
-    model, criterion = models.build(cfg), losses.build(cfg, mesh)
-    variables = jax.device_get(models.init(model, cfg, jax.random.PRNGKey(0)))
-    tx = optimizer.build_optimizer(cfg, variables["params"], iters_per_epoch=1000, epochs=int(cfg.epochs))
-    state = sharding.replicate(create_state(variables, tx, jax.random.PRNGKey(1)), mesh)
-    repl, shard = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    step = jax.jit(make_train_step(model, criterion, tx, cfg), in_shardings=(repl, shard),
-                   out_shardings=(repl, repl), donate_argnums=(0,))
-    data = sharding.global_batch(synthetic_batch(batch, cfg.eval_spatial_size[0]), mesh)
-    t0 = time.perf_counter()
-    state, m = step(state, data)
-    jax.block_until_ready(m["loss"])
-    compile_s = time.perf_counter() - t0
+def time_train_step(cfg, batch: int, repeats: int):
+    """(compile + first step seconds, median seconds per step)."""
+    s = setup_lib.setup(cfg, sharding.make_mesh(), steps_per_epoch=1000)
+    state = setup_lib.init_state(s, models.init(s.model, cfg, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    data = sharding.global_batch(synthetic_batch(batch, cfg.eval_spatial_size[0]), s.mesh)
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        state, m = step(state, data)
+        state, m = s.train_step(state, data)
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times)
+    return times[0], statistics.median(times[1:])
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--configs", default="dfine_n,dfine_l")
-    p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=None)
-    a = p.parse_args()
-    dev = jax.devices()[0]
-    lines = [f"# Train step, 640x640 ({datetime.date.today()}, {len(jax.devices())}x {dev.platform}: {dev.device_kind}, "
-             f"{os.cpu_count()} CPUs, {platform.machine()}, jax {jax.__version__}, batch {a.batch})", "",
-             "| config | compute dtype | compile s | median s/step | images/s |", "|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
-    for name in a.configs.split(","):
-        for dtype in a.dtypes.split(","):
-            c, t = time_train_step(name, dtype, a.batch, a.repeats)
-            row = f"| {name} | {dtype} | {c:.1f} | {t:.3f} | {a.batch / t:.2f} |"
-            print(row, flush=True)
-            lines.append(row)
-    out = a.out or os.path.join(REPO, "benchmarks", "results", f"train_step_{dev.platform}.md")
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+def main(argv):
+    del argv
+    cfg = cli.require_config(_CONFIG)
+    compile_s, t = time_train_step(cfg, _BATCH.value, _REPEATS.value)
+    out = _OUT.value or os.path.join(bench_common.REPO, "benchmarks", "results", f"train_step_{jax.devices()[0].platform}.md")
+    bench_common.append_row(out, f"# Train step ({bench_common.device_description()})",
+                      ["config", "compute dtype", "batch", "compile s", "median s/step", "images/s"],
+                      [cfg.name, cfg.compute_dtype, str(_BATCH.value), f"{compile_s:.1f}", f"{t:.3f}",
+                       f"{_BATCH.value / t:.2f}"])
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

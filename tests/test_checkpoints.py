@@ -29,11 +29,11 @@ def _state(seed=0, n=16):
     bstats = {"backbone": {"bn": {"mean": jnp.asarray(rng.normal(size=(n,)), jnp.float32),
                                   "var": jnp.asarray(rng.uniform(size=(n,)), jnp.float32),
                                   "num_batches_tracked": jnp.asarray(seed + 3, jnp.int32)}}}
-    cfg = dict(epochs=2, optimizer=dict(lr=1e-3, weight_decay=1e-4, clip_norm=0.1,
+    cfg = dict(epochs=2, optimizer=dict(lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999), eps=1e-8, clip_norm=0.1,
                                         groups=[dict(regex=r"^(?=.*backbone)(?!.*norm|bn).*$", lr=1e-4, weight_decay=1e-4)]),
                schedule=dict(name="flatcosine", warmup_iter=2, flat_epoch=1, no_aug_epoch=0, lr_gamma=0.5,
                              first_step_divisor=500, iters_per_epoch=4, epochs=2))
-    tx = opt_lib.build_optimizer(cfg, params)
+    tx = opt_lib.build_optimizer(cfg, params, 4)
     opt_state = tx.init(params)
     grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
     for _ in range(2):  # non-trivial moments and counts

@@ -32,7 +32,7 @@ def test_perfect_detections_give_ap_one(gt_file):
     for iid, bs in boxes.items():
         b = np.array([[x, y, x + w, y + h] for x, y, w, h, _ in bs], np.float32)[None]
         ev.add([iid], b, np.ones((1, len(bs))), np.array([[c for *_, c in bs]]))
-    s = ev.summarize(verbose=False)
+    s = ev.summarize()
     assert s["AP"] == pytest.approx(1.0) and s["AP50"] == pytest.approx(1.0)
     assert s["per_class"] == {"car": pytest.approx(1.0), "dog": pytest.approx(1.0)}
 
@@ -54,7 +54,7 @@ def test_numbers_equal_direct_pycocotools(gt_file):
         for b, s, c in zip(xyxy, scores, cats):
             dets.append({"image_id": iid, "category_id": int(c), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                          "score": s})
-    mine = ev.summarize(verbose=False)
+    mine = ev.summarize()
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(path)
         ref = COCOeval(gt, gt.loadRes(dets), "bbox")

@@ -63,3 +63,22 @@ def test_ema_sequence_counts_updates_from_one():
         d = 0.9999 * (1 - np.exp(-(t + 1) / 1000))
         ref = d * ref + (1 - d) * 1.0
     np.testing.assert_allclose(float(v), ref, rtol=1e-6)
+
+
+def test_ema_via_optax_is_bit_equal_to_the_official_formula():
+    """``ema_apply`` (optax.incremental_update) == ``v * d + (1 - d) * new`` bit for bit, eager and in jit,
+    over decays from the warm-up (tiny d) to the plateau (d close to 1)."""
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(4096,)).astype(np.float32) * 10
+    n = (v + rng.normal(size=v.shape).astype(np.float32)).astype(np.float32)
+
+    def formula(v, n, d):
+        d = jnp.asarray(d, jnp.float32)
+        return v * d + (1 - d) * n
+
+    for u in (1, 2, 7, 100, 1000, 5000, 100_000):
+        d = ema_lib.ema_decay(u, 0.9999, 1000)
+        for fn in (lambda f: f, jax.jit):
+            got = np.asarray(fn(lambda a, b, c: ema_lib.ema_apply(a, b, c))(v, n, d))
+            want = np.asarray(fn(formula)(v, n, d))
+            assert got.tobytes() == want.tobytes(), u

@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from deim_jax.train import checkpoints, loop
+from deim_jax.evaluate import evaluator
+from deim_jax.train import checkpoints, init_from, loop
+from deim_jax.train import setup as setup_lib
 from tests.train_helpers import tiny_config, tiny_dataset
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -55,6 +57,8 @@ def test_train_evaluate_resume_bit_exact_and_eval_mode(data_root, tmp_path):
     for path, x in leaves_a:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(leaves_b[path]), err_msg=jax.tree_util.keystr(path))
 
+    # --mode=eval runs the setup's predict step (the same program) on the bit-identical restored EMA
+    # weights, so its detections equal the loop's; the tolerance only covers the JSON round trip.
     assert loop.evaluate_checkpoint(cfg, straight)["AP"] == pytest.approx(rows[-1]["AP"], abs=1e-6)
 
 
@@ -89,7 +93,7 @@ def test_evaluation_chain_gives_ap_one_for_perfect_predictions(data_root):
         return {"pred_logits": logits, "pred_boxes": boxes}
 
     picture = []
-    metrics = loop.evaluate(cfg, oracle, sharding.make_mesh(), records, picture)
+    metrics = evaluator.evaluate(cfg, oracle, sharding.make_mesh(), records, picture)
     assert metrics["AP50"] > 0.99 and metrics["AP"] > 0.9, metrics
     assert len(picture) == 1 and picture[0].dtype == np.uint8 and picture[0].shape[-1] == 3
 
@@ -108,7 +112,7 @@ def test_init_from_pth_with_other_class_count(data_root, tmp_path):
     cfg = tiny_config(data_root)  # 4 classes
     cfg.init_from = str(tmp_path / "src.pth")
     fresh = jax.device_get(models.init(models.build(cfg), cfg, jax.random.PRNGKey(0)))
-    got = loop.initial_variables(cfg, models.build(cfg), jax.random.PRNGKey(0))
+    got = init_from.initial_variables(cfg, models.build(cfg), jax.random.PRNGKey(0))
     p_src, p_got, p_fresh = src["params"], got["params"], fresh["params"]
     np.testing.assert_array_equal(p_got["backbone"]["stem"]["stem1"]["conv"]["kernel"],
                                   p_src["backbone"]["stem"]["stem1"]["conv"]["kernel"])
@@ -123,26 +127,24 @@ def test_init_from_pth_with_other_class_count(data_root, tmp_path):
 
 def test_non_finite_step_is_detected_and_can_be_skipped(data_root):
     """A NaN input gives finite=False; with skip_nonfinite_steps the state (step counter too) is unchanged."""
-    from deim_jax import losses, models
-    from deim_jax.train import optimizer
-    from deim_jax.train.train_step import create_state, make_train_step
+    from deim_jax import models
 
     cfg = tiny_config(data_root)
     cfg.skip_nonfinite_steps = True
-    model, criterion = models.build(cfg), losses.build(cfg)
-    variables = jax.device_get(models.init(model, cfg, jax.random.PRNGKey(0)))
-    tx = optimizer.build_optimizer(cfg, variables["params"], iters_per_epoch=2, epochs=1)
-    state = create_state(variables, tx, jax.random.PRNGKey(1))
-    step = jax.jit(make_train_step(model, criterion, tx, cfg))
+    s = setup_lib.setup(cfg, steps_per_epoch=2)
+    variables = models.init(s.model, cfg, jax.random.PRNGKey(0))
+    state = setup_lib.init_state(s, variables, jax.random.PRNGKey(1))
+    step = s.train_step  # donates its state argument: keep host copies of what is compared
     rng = np.random.default_rng(0)
     batch = {"image": rng.random((2, 96, 96, 3), np.float32),
              "boxes": np.tile(np.array([[[0.5, 0.5, 0.3, 0.3]]], np.float32), (2, 16, 1)),
              "labels": np.zeros((2, 16), np.int32), "mask": np.arange(16)[None].repeat(2, 0) < 2}
     good, m = step(state, batch)
     assert bool(m["finite"]) and int(good.step) == 1
+    good_params = jax.device_get(good.params)
     batch["image"][0, 0, 0, 0] = np.nan
     bad, m = step(good, batch)
     assert not bool(m["finite"])
     assert int(bad.step) == 1
-    for a, b in zip(jax.tree_util.tree_leaves(bad.params), jax.tree_util.tree_leaves(good.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(bad.params), jax.tree_util.tree_leaves(good_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

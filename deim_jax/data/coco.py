@@ -49,7 +49,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 

@@ -8,6 +8,7 @@ threshold, no NMS), as the official evaluator does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from typing import Dict, Iterable, List, Mapping, Optional
 
@@ -24,11 +25,8 @@ class CocoEvaluator:
     """
 
     def __init__(self, coco_gt):
-        from pycocotools.coco import COCO
-
         if isinstance(coco_gt, str):
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco_gt = COCO(coco_gt)
+            coco_gt = load_ground_truth(coco_gt)
         self.coco_gt = coco_gt
         self.detections: List[Dict] = []
         self.image_ids: set = set()
@@ -56,8 +54,12 @@ class CocoEvaluator:
                     }
                 )
 
-    def summarize(self, verbose: bool = True) -> Dict:
-        """{'AP': ..., ..., 'ARl': ..., 'per_class': {name: AP}} (fractions in [0, 1]; -1 where undefined)."""
+    def summarize(self) -> Dict:
+        """{'AP': ..., ..., 'ARl': ..., 'per_class': {name: AP}} (fractions in [0, 1]; -1 where undefined).
+
+        pycocotools' progress chatter and its 12-line summary are captured, not printed
+        (``format_stats`` gives the compact table).
+        """
         from pycocotools.cocoeval import COCOeval
 
         img_ids = sorted(self.image_ids)
@@ -65,19 +67,32 @@ class CocoEvaluator:
             stats = {k: 0.0 for k in STAT_NAMES}
             stats["per_class"] = {c["name"]: 0.0 for c in self.coco_gt.loadCats(self.coco_gt.getCatIds())}
             return stats
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = self.coco_gt.loadRes(self.detections)
             ev = COCOeval(self.coco_gt, coco_dt, "bbox")
             ev.params.imgIds = img_ids
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        if verbose:
-            print(out.getvalue(), end="")
         stats = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
         stats["per_class"] = per_class_ap(ev, self.coco_gt)
         return stats
+
+
+@functools.lru_cache(maxsize=2)
+def load_ground_truth(annotations_file: str):
+    """``pycocotools.coco.COCO`` of an annotation file, read once per file (its chatter captured)."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(annotations_file)
+
+
+def format_stats(stats: Mapping[str, float]) -> str:
+    """The 12 COCO numbers as one compact two-line table (percent)."""
+    head = " ".join(f"{k:>6}" for k in STAT_NAMES)
+    vals = " ".join(f"{100 * stats[k]:6.2f}" if stats[k] >= 0 else f"{'-':>6}" for k in STAT_NAMES)
+    return f"{head}\n{vals}"
 
 
 def per_class_ap(ev, coco_gt) -> Dict[str, float]:

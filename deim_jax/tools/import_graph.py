@@ -31,8 +31,9 @@ ALLOWED: Dict[str, Set[str]] = {
     "evaluate": {"ops", "data"},
     "convert": {"ops", "models"},
     "train": {"ops", "models", "losses", "data", "evaluate", "convert", "configs"},
-    "main": {"ops", "models", "losses", "data", "evaluate", "convert", "configs", "train"},
-    "tools": {"ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "main"},
+    "cli": {"ops", "models", "losses", "data", "evaluate", "convert", "configs", "train"},
+    "main": {"ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "cli"},
+    "tools": {"ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "cli", "main"},
 }
 
 

@@ -1,6 +1,6 @@
 """Compare deim_jax against golden outputs of the official PyTorch model.
 
-    python -m deim_jax.tools.parity FIXTURE_DIR... [--report out.json] [--modes eval,train]
+    python -m deim_jax.tools.parity FIXTURE_DIR... [--report=out.json] [--modes=eval,train]
 
 Each fixture directory (format: shared/parity/README.md) names its config and
 weight seed in ``summary.json``; weights come from the ``synth_weights.py`` in
@@ -12,15 +12,21 @@ Exit status 1 when any tensor is over its tolerance.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
 import re
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from absl import app, flags
+
+from deim_jax.tools import parity_train
+from deim_jax.tools.parity_compare import align, compare, format_table
+
+_MODES = flags.DEFINE_list("modes", ["eval"], "Comma-separated: eval,train.")
+_REPORT = flags.DEFINE_string("report", None, "Write the JSON report here.")
 
 # Tolerances (float32 vs the official float32 outputs; parity/README.md).
 EVAL_TOL = {"maps": 1e-4, "pred_logits": 1e-4, "pred_boxes": 1e-5, "post_scores": 1e-5, "post_boxes": 1e-2}
@@ -57,29 +63,6 @@ def load_synth_weights(fixture_dir: str):
             f"(numpy {np.__version__} vs {sw.get('numpy_version')}: random streams differ)"
         )
     return sd, summary
-
-
-def align(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Sort the query axis of a [B, Q, ...] array by anchor index."""
-    p = np.argsort(idx, axis=1, kind="stable")
-    return np.stack([a[b][p[b]] for b in range(a.shape[0])])
-
-
-def compare(mine, ref, tol: float, kind: str = "abs") -> Dict:
-    mine = np.asarray(mine, np.float64)
-    ref = np.asarray(ref, np.float64)
-    if mine.shape != ref.shape:
-        return {"shape": list(ref.shape), "mine_shape": list(mine.shape), "ok": False, "tol": tol,
-                "max_abs": None, "max_rel": None}
-    diff = np.abs(mine - ref)
-    both_inf = ~np.isfinite(ref) & (mine == ref)
-    diff = np.where(both_inf, 0.0, diff)
-    max_abs = float(np.max(diff)) if diff.size else 0.0
-    rel = diff / np.maximum(np.abs(ref), 1e-12)
-    max_rel = float(np.max(rel)) if rel.size else 0.0
-    err = max_rel if kind == "rel" else max_abs
-    return {"shape": list(ref.shape), "max_abs": max_abs, "max_rel": max_rel, "tol": tol, "tol_kind": kind,
-            "ok": bool(np.isfinite(err) and err <= tol)}
 
 
 def _nhwc(x):
@@ -162,45 +145,42 @@ def check_fixture(fixture_dir: str, modes=("eval",)) -> Dict[str, Dict]:
     if "eval" in modes:
         rep.update({f"eval/{k}": v for k, v in run_eval(fixture_dir, cfg, variables).items()})
     if "train" in modes:
-        from deim_jax.tools import parity_train
-
         rep.update({f"train/{k}": v for k, v in parity_train.run_train(fixture_dir, cfg, variables).items()})
     return rep
 
 
-def format_table(report: Dict[str, Dict[str, Dict]]) -> str:
-    lines = [f"{'fixture':<14} {'tensor':<44} {'max_abs':>10} {'max_rel':>10} {'tol':>8}  ok"]
-    for fx, rows in report.items():
-        for name, r in rows.items():
-            def f(x):
-                return "-" if x is None else f"{x:.2e}"
-            lines.append(f"{fx:<14} {name:<44} {f(r.get('max_abs')):>10} {f(r.get('max_rel')):>10} "
-                         f"{f(r.get('tol')):>8}  {'yes' if r['ok'] else 'NO'}"
-                         + (f"  ({r['note']})" if r.get("note") else ""))
-    return "\n".join(lines)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Parity of deim_jax with the official PyTorch outputs.")
-    p.add_argument("fixtures", nargs="+", help="fixture directories (each with summary.json, manifest.json, ...)")
-    p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--modes", default="eval", help="comma-separated: eval,train")
-    a = p.parse_args(argv)
-    modes = tuple(m.strip() for m in a.modes.split(",") if m.strip())
+def run(fixtures: Sequence[str], modes: Sequence[str] = ("eval",), report_path: Optional[str] = None) -> int:
+    """Check every fixture directory; print the table; 0 = all within tolerance, 1 = not, 2 = bad input."""
     report = {}
-    for fx in a.fixtures:
+    for fx in fixtures:
         if not os.path.isfile(os.path.join(fx, "summary.json")):
             print(f"error: {fx} is not a fixture directory (no summary.json)", file=sys.stderr)
             return 2
-        report[os.path.basename(os.path.normpath(fx))] = check_fixture(fx, modes)
+        report[os.path.basename(os.path.normpath(fx))] = check_fixture(fx, tuple(modes))
     print(format_table(report))
-    if a.report:
-        with open(a.report, "w") as f:
+    if report_path:
+        with open(report_path, "w") as f:
             json.dump(report, f, indent=1)
     ok = all(r["ok"] for rows in report.values() for r in rows.values())
     print("parity: PASS" if ok else "parity: FAIL")
     return 0 if ok else 1
 
 
+def _app_main(argv: Sequence[str]) -> int:
+    """``argv`` after absl parsed the flags: [program, FIXTURE_DIR...]."""
+    if len(argv) < 2:
+        print("usage: python -m deim_jax.tools.parity FIXTURE_DIR... [--modes=eval,train] [--report=FILE]",
+              file=sys.stderr)
+        return 2
+    return run(argv[1:], [m.strip() for m in _MODES.value if m.strip()], _REPORT.value)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` (the arguments after the program name; default ``sys.argv[1:]``) and ``run``."""
+    for f in (_MODES, _REPORT):  # a fresh parse (the tests call main repeatedly in one process)
+        flags.FLAGS[f.name].unparse()
+    return _app_main(flags.FLAGS(["parity", *(sys.argv[1:] if argv is None else argv)]))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(_app_main)

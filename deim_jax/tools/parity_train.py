@@ -15,7 +15,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from deim_jax.tools.parity import align, compare
+from deim_jax.tools.parity_compare import align, compare
 
 # config name -> (elementwise tolerances or None, loss relative tolerance). parity/README.md.
 _TOL = {

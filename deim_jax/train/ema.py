@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def ema_decay(updates, decay: float = 0.9999, warmups: float = 1000.0):
@@ -20,15 +21,19 @@ def ema_decay(updates, decay: float = 0.9999, warmups: float = 1000.0):
 
 
 def ema_apply(ema_tree, new_tree, d):
-    """``v <- d * v + (1 - d) * new`` on floating leaves; integer/bool leaves keep the EMA's value."""
+    """``v <- d * v + (1 - d) * new`` on floating leaves; integer/bool leaves keep the EMA's value.
+
+    ``optax.incremental_update(a, b, s)`` computes ``s * a + (1 - s) * b``; with ``a`` = the EMA and
+    ``s = d`` that is the official formula term for term (bit-equal to ``v * d + (1 - d) * new``,
+    tests/test_ema.py).
+    """
     d = jnp.asarray(d, jnp.float32)
 
     def one(v, n):
         v = jnp.asarray(v)
         if not jnp.issubdtype(v.dtype, jnp.floating):
             return v
-        dd = d.astype(v.dtype)
-        return (v * dd + (1 - dd) * jnp.asarray(n).astype(v.dtype)).astype(v.dtype)
+        return optax.incremental_update(v, jnp.asarray(n).astype(v.dtype), d.astype(v.dtype)).astype(v.dtype)
 
     return jax.tree_util.tree_map(one, ema_tree, new_tree)
 

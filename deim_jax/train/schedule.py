@@ -24,46 +24,33 @@ All functions are ``jnp`` and work on traced (jit) integer steps. Values are flo
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax.numpy as jnp
 
 
-def _get(cfg: Any, name: str, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    try:
-        return cfg[name] if name in cfg else default
-    except TypeError:
-        return getattr(cfg, name, default)
+def schedule_constants(cfg: Any, iters_per_epoch: int, epochs: int) -> dict:
+    """Resolved constants ``{name, warmup_iter, first_step_divisor}`` plus, for ``flatcosine``,
+    ``{lr_gamma, total_iter, flat_iter, no_aug_iter}``.
 
-
-def schedule_constants(cfg: Any, iters_per_epoch: Optional[int] = None, epochs: Optional[int] = None) -> dict:
-    """Resolved integer constants ``{warmup_iter, total_iter, flat_iter, no_aug_iter, lr_gamma, first_step_divisor}``.
-
-    ``cfg`` is the ``schedule`` config (dict or ConfigDict) with ``warmup_iter``, ``flat_epoch``,
-    ``no_aug_epoch``, ``lr_gamma``, ``first_step_divisor`` and optionally ``epochs`` /
-    ``iters_per_epoch`` (the arguments take precedence).
+    ``cfg`` is the ``schedule`` config (a ConfigDict, or a dict) with ``name``, ``warmup_iter``,
+    ``first_step_divisor`` and, for ``flatcosine``, ``flat_epoch``, ``no_aug_epoch``, ``lr_gamma``;
+    a missing field is an error. ``iters_per_epoch`` / ``epochs`` are the run's (``constant`` and
+    ``linear_warmup`` ignore them).
     """
-    iters = iters_per_epoch if iters_per_epoch is not None else _get(cfg, "iters_per_epoch")
-    epochs = epochs if epochs is not None else _get(cfg, "epochs")
-    name = _get(cfg, "name", "flatcosine")
-    out = dict(
-        name=name,
-        warmup_iter=int(_get(cfg, "warmup_iter", 2000)),
-        lr_gamma=float(_get(cfg, "lr_gamma", 1.0)),
-        first_step_divisor=float(_get(cfg, "first_step_divisor", 500)),
-    )
+    name = cfg["name"]
+    out = dict(name=name, first_step_divisor=float(cfg["first_step_divisor"]))
+    if name in ("flatcosine", "linear_warmup"):
+        out["warmup_iter"] = int(cfg["warmup_iter"])
     if name == "flatcosine":
-        if iters is None or epochs is None:
-            raise ValueError("flatcosine needs iters_per_epoch and epochs")
         out.update(
-            total_iter=int(iters) * int(epochs),
-            flat_iter=int(iters) * int(_get(cfg, "flat_epoch")),
-            no_aug_iter=int(iters) * int(_get(cfg, "no_aug_epoch", 0)),
+            lr_gamma=float(cfg["lr_gamma"]),
+            total_iter=int(iters_per_epoch) * int(epochs),
+            flat_iter=int(iters_per_epoch) * int(cfg["flat_epoch"]),
+            no_aug_iter=int(iters_per_epoch) * int(cfg["no_aug_epoch"]),
         )
+    elif name not in ("linear_warmup", "constant"):
+        raise ValueError(f"unknown schedule {name!r} (config field schedule.name)")
     return out
 
 
@@ -83,7 +70,7 @@ def flat_cosine_factor(it, warmup_iter: int, flat_iter: int, total_iter: int, no
     ).astype(jnp.float32)
 
 
-def lr_scheduled(it, base_lr, cfg: Any, iters_per_epoch: Optional[int] = None, epochs: Optional[int] = None):
+def lr_scheduled(it, base_lr, cfg: Any, iters_per_epoch: int, epochs: int):
     """The lr that the official scheduler *sets* at ``step(it)`` (used by the next optimizer step)."""
     c = schedule_constants(cfg, iters_per_epoch, epochs)
     it = jnp.asarray(it)
@@ -91,14 +78,12 @@ def lr_scheduled(it, base_lr, cfg: Any, iters_per_epoch: Optional[int] = None, e
         f = flat_cosine_factor(it, c["warmup_iter"], c["flat_iter"], c["total_iter"], c["no_aug_iter"], c["lr_gamma"])
     elif c["name"] == "linear_warmup":
         f = jnp.minimum(1.0, (it.astype(jnp.float32) + 2.0) / float(c["warmup_iter"]))
-    elif c["name"] == "constant":
+    else:  # constant
         f = jnp.ones_like(it, jnp.float32)
-    else:
-        raise ValueError(f"unknown schedule {c['name']!r}")
     return jnp.float32(base_lr) * f
 
 
-def lr_used_at_step(step, base_lr, cfg: Any, iters_per_epoch: Optional[int] = None, epochs: Optional[int] = None):
+def lr_used_at_step(step, base_lr, cfg: Any, iters_per_epoch: int, epochs: int):
     """Learning rate of the optimizer step of (0-based) iteration ``step``, with the official quirks.
 
     ``step == 0`` -> ``base_lr / first_step_divisor``; ``step >= 1`` -> ``lr_scheduled(step - 1)``.
@@ -110,7 +95,7 @@ def lr_used_at_step(step, base_lr, cfg: Any, iters_per_epoch: Optional[int] = No
     return jnp.where(step == 0, first, prev).astype(jnp.float32)
 
 
-def make_schedule(base_lr, cfg: Any, iters_per_epoch: Optional[int] = None, epochs: Optional[int] = None) -> Callable:
+def make_schedule(base_lr, cfg: Any, iters_per_epoch: int, epochs: int) -> Callable:
     """An ``optax`` schedule ``count -> lr``; ``count`` = optimizer steps already taken (the iteration index)."""
     schedule_constants(cfg, iters_per_epoch, epochs)  # validate eagerly
 

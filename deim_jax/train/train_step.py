@@ -37,7 +37,7 @@ class TrainState:
 
 def create_state(variables: Dict[str, Any], tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
     params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
+    batch_stats = variables["batch_stats"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -58,9 +58,9 @@ def _cast_floats(tree, dtype):
 
 def make_train_step(model, criterion: Callable, tx: optax.GradientTransformation, cfg) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``; batch = {image, boxes, labels, mask}."""
-    compute_dtype = jnp.dtype(cfg.get("compute_dtype", "float32"))
+    compute_dtype = jnp.dtype(cfg.compute_dtype)
     ema_cfg = cfg.ema
-    skip_nonfinite = bool(cfg.get("skip_nonfinite_steps", False))
+    skip_nonfinite = bool(cfg.skip_nonfinite_steps)
 
     def train_step(state: TrainState, batch: Dict[str, jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -108,12 +108,15 @@ def make_train_step(model, criterion: Callable, tx: optax.GradientTransformation
     return train_step
 
 
-def make_predict_step(model, cfg, use_ema: bool = True) -> Callable:
-    """``predict_step(state, images) -> {'pred_logits', 'pred_boxes'}`` in eval mode."""
-    compute_dtype = jnp.dtype(cfg.get("compute_dtype", "float32"))
+def make_predict_step(model, cfg) -> Callable:
+    """``predict_step(variables, images) -> {'pred_logits', 'pred_boxes'}`` in eval mode.
 
-    def predict_step(state: TrainState, images):
-        variables = _cast_floats(state.variables(use_ema), compute_dtype)
+    ``variables``: ``{'params', 'batch_stats'}``, e.g. ``state.variables(use_ema=True)``.
+    """
+    compute_dtype = jnp.dtype(cfg.compute_dtype)
+
+    def predict_step(variables: Dict[str, Any], images):
+        variables = _cast_floats(variables, compute_dtype)
         out = model.apply(variables, images.astype(compute_dtype), train=False)
         return {k: out[k].astype(jnp.float32) for k in ("pred_logits", "pred_boxes")}
 

@@ -1,0 +1,38 @@
+"""What the config-driven benchmarks share: the command line (``--config=NAME`` plus overrides,
+as ``deim_jax.main``) and appending a row to a markdown results table."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from typing import Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def device_description() -> str:
+    import jax
+
+    dev = jax.devices()[0]
+    return (f"{datetime.date.today()}, {len(jax.devices())}x {dev.platform}: {dev.device_kind}, {os.cpu_count()} CPUs, "
+            f"{platform.machine()}, jax {jax.__version__}")
+
+
+def append_row(path: str, title: str, columns: Sequence[str], row: Sequence[str]) -> None:
+    """Add ``row`` to the last table of ``path``; when that table has other columns (or there is
+    none) a new table headed by ``title`` is started below what the file holds."""
+    header = "| " + " | ".join(columns) + " |"
+    lines = open(path).read().splitlines() if os.path.isfile(path) else []
+    tables = [i for i, line in enumerate(lines) if line.startswith("| ") and i + 1 < len(lines)
+              and lines[i + 1].startswith("|---")]
+    if not tables or lines[tables[-1]] != header:
+        lines += ([""] if lines else []) + [title, "", header, "|" + "---|" * len(columns)]
+    lines.append("| " + " | ".join(row) + " |")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(lines[-1])
+    print(f"wrote {path}")

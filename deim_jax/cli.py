@@ -1,0 +1,174 @@
+"""What every command line of the project shares: ``--config=NAME`` plus ``--config.a.b=value``
+overrides (``ml_collections.config_flags``), absl ``app.run``, and a clean console.
+
+``--config`` takes a config name (``dfine_l``, ``dfine_l_baseline``, ``demo``; see
+``deim_jax.configs.available()``) or a path ``path/to/config.py[:arg]``; ``config_argv`` rewrites
+a name into the path form that config_flags reads. ``run(main)`` is ``app.run`` with that rewrite
+and the console set up: the project's log records (``deim_jax.*`` loggers, INFO and up) are
+printed as plain lines on stdout; other libraries' INFO logs (orbax, clu, absl) are hidden.
+
+Also here: the ``summary`` and ``predict`` modes of ``deim_jax.main``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from deim_jax import configs
+
+SAMPLE_IMAGE = os.path.join(os.path.dirname(__file__), "assets", "sample.png")
+
+
+def define_config_flag():
+    """The ``--config`` flag (call once, at module level of a command-line module)."""
+    return config_flags.DEFINE_config_file("config", None, "Config name or path[:arg].", lock_config=True)
+
+
+def config_argv(argv: Sequence[str], default: Optional[str] = None) -> List[str]:
+    """``argv`` (program name first) with ``--config=NAME`` / ``--config NAME`` turned into
+    ``--config=PATH[:ARG]``; ``--config=DEFAULT`` is added when ``default`` is given and no ``--config`` is."""
+    out, seen, it = [], False, iter(argv)
+    for a in it:
+        if a == "--config":
+            a = "--config=" + next(it, "")
+        if a.startswith("--config="):
+            seen = True
+            try:
+                path, arg = configs.resolve(a.split("=", 1)[1])
+            except ValueError as e:
+                sys.exit(f"error: {e}")
+            a = f"--config={path}" + (f":{arg}" if arg else "")
+        out.append(a)
+    if not seen and default is not None:  # before any --config.a.b=v: overrides need the config flag first
+        out[1:1] = config_argv(["--config=" + default])
+    return out
+
+
+def require_config(flag):
+    cfg = flag.value
+    if cfg is None:
+        sys.exit(f"error: --config is required; available: {', '.join(configs.available())}")
+    return cfg
+
+
+def setup_console() -> None:
+    """Plain ``message`` lines for the project's loggers; other libraries' INFO chatter hidden."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/clu log every save at INFO
+    logger = logging.getLogger("deim_jax")
+    if not any(getattr(h, "_deim_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._deim_console = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def run(main: Callable, default_config: Optional[str] = None) -> None:
+    """``absl.app.run(main)`` with ``config_argv`` applied to ``sys.argv`` and the console set up."""
+    if "configs" not in sys.modules:
+        sys.path.insert(0, configs.REPO_ROOT)
+
+    def wrapped(argv):
+        setup_console()
+        return main(argv)
+
+    app.run(wrapped, argv=config_argv(sys.argv, default_config))
+
+
+# ---------------------------------------------------------------------------------------------- modes
+
+@dataclasses.dataclass
+class _ModuleRow:
+    module: str
+    parameters: int
+
+
+def param_table(variables, depth: int = 2):
+    """[(module path, parameter count, level)] of the params tree down to ``depth`` levels, plus the total."""
+    from clu import parameter_overview
+
+    rows = []
+
+    def walk(tree, prefix, level):
+        for k, v in tree.items():
+            if hasattr(v, "items"):
+                rows.append(("/".join(prefix + (k,)), int(parameter_overview.count_parameters(v)), level))
+                if level + 1 < depth:
+                    walk(v, prefix + (k,), level + 1)
+
+    walk(variables["params"], (), 0)
+    return rows, int(parameter_overview.count_parameters(variables["params"]))
+
+
+def summary(cfg) -> int:
+    """``--mode=summary``: parameter counts per module (a ``clu.parameter_overview`` table)."""
+    from clu import parameter_overview
+
+    from deim_jax import models
+
+    shapes = models.init_shapes(models.build(cfg), cfg)
+    rows, total = param_table(shapes)
+    table = [_ModuleRow("  " * level + path, n) for path, n, level in rows]
+    table += [_ModuleRow("total parameters", total),
+              _ModuleRow("batch statistics (not parameters)",
+                         int(parameter_overview.count_parameters(shapes["batch_stats"])))]
+    print(f"config {cfg.name}: {cfg.model.family} detector, {cfg.num_classes} classes, "
+          f"eval size {tuple(cfg.eval_spatial_size)}")
+    print(parameter_overview.make_table(table))
+    return total
+
+
+def load_image(path: str, size):
+    """RGB image -> ([H, W, 3] float32 in [0, 1], (w, h) original), resized like the official eval
+    (PIL bilinear, antialiased)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        orig = im.size
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(im, np.float32) / 255.0, orig
+
+
+def predict(cfg, image_path=None, weights=None, score_threshold: float = 0.4, top: int = 20):
+    """``--mode=predict``: detections on one image (official .pth ``weights``, else random weights)."""
+    import jax
+
+    from deim_jax import convert, models
+    from deim_jax.evaluate import postprocess as pp
+
+    model = models.build(cfg)
+    if weights:
+        variables = convert.from_torch_state_dict(convert.load_pth(weights), cfg)
+        print(f"loaded {weights}")
+    else:
+        variables = models.init(model, cfg, jax.random.PRNGKey(cfg.seed))
+        print("no --weights given: random initialization (detections are meaningless)")
+    path = image_path or SAMPLE_IMAGE
+    image, orig = load_image(path, cfg.eval_spatial_size)
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    jax.block_until_ready(fwd(variables, image[None]))  # compile
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fwd(variables, image[None]))
+    dt = time.perf_counter() - t0
+    res = pp.postprocess(out["pred_logits"], out["pred_boxes"], np.array([orig]), num_top_queries=cfg.num_top_queries,
+                         remap_mscoco_category=cfg.remap_mscoco_category)
+    scores, labels, boxes = (np.asarray(res[k])[0] for k in ("scores", "labels", "boxes"))
+    print(f"{path}: {orig[0]}x{orig[1]}, forward {dt * 1000:.1f} ms (jit, batch 1)")
+    for shown, (s, l, b) in enumerate(zip(scores, labels, boxes)):
+        if (s < score_threshold and shown >= 5) or shown >= top:
+            break
+        print(f"  label {int(l):3d}  score {s:.3f}  box xyxy [{b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}, {b[3]:.1f}]")
+    return res

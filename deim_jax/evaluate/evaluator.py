@@ -1,0 +1,78 @@
+"""COCO AP of any predict function over a validation split; the eval log rows of a run.
+
+``evaluate(cfg, predict, mesh, records)``: ``predict(images) -> {'pred_logits', 'pred_boxes'}``
+takes the global eval batch (a ``jax.Array`` sharded over the first axis of ``mesh``) and
+returns global arrays; every image is counted once (padding is masked). Nothing here knows
+about models, losses or train states: the train loop passes its EMA predict step, ``--mode=eval``
+the restored weights', the tests an oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from deim_jax import data as data_lib
+from deim_jax.evaluate import postprocess as pp
+from deim_jax.evaluate.coco_eval import CocoEvaluator, format_per_class, format_stats, load_ground_truth
+from deim_jax.evaluate.visualize import predictions_grid
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[jax.Array], Dict[str, jax.Array]]
+
+
+def _label_to_category(records) -> np.ndarray:
+    table = np.zeros(max(records.label_to_category) + 1, np.int64)
+    for label, cat in records.label_to_category.items():
+        table[label] = cat
+    return table
+
+
+def _gather(x) -> np.ndarray:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def evaluate(cfg, predict: Predict, mesh, records, picture: Optional[list] = None) -> Dict[str, Any]:
+    """COCO numbers (``coco_eval.STAT_NAMES`` plus ``per_class``) of ``predict`` on ``records``.
+
+    ``picture``: if a list is given, a grid (uint8 array) of the first validation images with
+    their predictions drawn is appended to it (process 0).
+    """
+    evaluator = CocoEvaluator(load_ground_truth(records.annotations_file))
+    label_to_cat = _label_to_category(records)
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    post = jax.jit(lambda lg, bx, sz: pp.postprocess(lg, bx, sz, num_top_queries=cfg.num_top_queries,
+                                                     remap_mscoco_category=False))
+    for local in data_lib.build_eval_iterator(cfg.data, jax.process_index(), jax.process_count(), records=records):
+        images = jax.make_array_from_process_local_data(sharding, np.asarray(local["image"]))
+        out = {k: _gather(v) for k, v in predict(images).items()}
+        meta = {k: _gather(local[k]) for k in ("image_id", "orig_size", "valid")}
+        res = jax.device_get(post(out["pred_logits"], out["pred_boxes"], meta["orig_size"]))
+        evaluator.add(meta["image_id"], res["boxes"], res["scores"], label_to_cat[res["labels"]], meta["valid"])
+        if picture is not None and not picture and jax.process_index() == 0:
+            grid = predictions_grid(local["image"], out["pred_logits"], out["pred_boxes"], records.category_names)
+            picture.append(np.asarray(grid))
+    return evaluator.summarize()
+
+
+def record_eval(workdir: str, step: int, epoch: int, metrics: Dict[str, Any], writer=None) -> None:
+    """Append the row ``{step, epoch, AP, ..., per_class}`` to ``workdir/eval.jsonl``, rewrite
+    ``per_class_ap.txt``, log the compact table, and write the scalars to ``writer`` (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    row = {"step": int(step), "epoch": int(epoch), **metrics}
+    with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    with open(os.path.join(workdir, "per_class_ap.txt"), "w") as f:
+        f.write(f"step {step} epoch {epoch}\n" + format_per_class(metrics["per_class"]) + "\n")
+    log.info("eval epoch %d step %d (COCO box AP, %%):\n%s", epoch, step, format_stats(metrics))
+    if writer is not None:
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items() if k != "per_class"})

@@ -1,0 +1,63 @@
+"""Initial weights of a run: random, or ``config.init_from`` (an official .pth or a deim_jax checkpoint).
+
+Fine-tuning with another number of classes: entries whose shape differs (class heads, the
+denoising class embedding) keep their fresh initialization; the log lists them. An official
+.pth is mapped straight onto the model's variables (``convert.raw_variables``: names and layouts),
+with no detour through a full PyTorch state dict of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Tuple
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from deim_jax import convert, models
+from deim_jax.train import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+def merge_into(fresh: Dict[str, Any], source: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
+    """``fresh`` variables with every leaf that ``source`` has at the same path and shape replaced
+    (cast to the fresh dtype). Returns the merged tree and the paths ``{'loaded', 'reshaped' (fresh
+    kept: shape differs), 'missing' (fresh kept: not in source), 'ignored' (in source only)}``."""
+    flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
+    flat_src = traverse_util.flatten_dict(source, sep="/")
+    out, report = {}, {"loaded": [], "reshaped": [], "missing": [], "ignored": sorted(set(flat_src) - set(flat_fresh))}
+    for path, leaf in flat_fresh.items():
+        if path not in flat_src:
+            report["missing"].append(path)
+            out[path] = leaf
+        elif np.shape(flat_src[path]) != np.shape(leaf):
+            report["reshaped"].append(path)
+            out[path] = leaf
+        else:
+            report["loaded"].append(path)
+            out[path] = np.asarray(flat_src[path]).astype(np.asarray(leaf).dtype)
+    return traverse_util.unflatten_dict(out, sep="/"), report
+
+
+def _source_variables(src: str) -> Dict[str, Any]:
+    """``{'params', 'batch_stats'}`` of an official .pth, or the EMA weights of a deim_jax checkpoint dir."""
+    if src.endswith(".pth"):
+        return convert.raw_variables(convert.load_pth(src))
+    mngr = checkpoints.CheckpointManager(src, best_metric=None)
+    restored = mngr.restore()["train"]
+    mngr.close()
+    return {"params": restored["ema_params"], "batch_stats": restored["ema_batch_stats"]}
+
+
+def initial_variables(cfg, model, rng) -> Dict[str, Any]:
+    """Random init (host arrays), or that overwritten by ``cfg.init_from`` where paths and shapes agree."""
+    variables = jax.device_get(models.init(model, cfg, rng))
+    if not cfg.init_from:
+        return variables
+    merged, r = merge_into(variables, _source_variables(cfg.init_from))
+    log.info("init_from %s: %d entries loaded; %d re-initialized (shape differs): %s; %d missing (fresh init): "
+             "%s; %d ignored (not in this model): %s", cfg.init_from, len(r["loaded"]), len(r["reshaped"]),
+             r["reshaped"], len(r["missing"]), r["missing"][:20], len(r["ignored"]), r["ignored"][:20])
+    return merged
