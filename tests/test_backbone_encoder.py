@@ -437,7 +437,10 @@ def test_build_reads_every_field_strictly():
         models.build(configs.get_config(name))
     cfg = configs.get_config("dfine_n")
     bad = cfg.copy_and_resolve_references()
-    bad.model.decoder.num_querys = 10
+    with pytest.raises(AttributeError, match="num_queries"):  # a locked config names the field it has
+        bad.model.decoder.num_querys = 10
+    with bad.unlocked():  # built by hand without the lock: build itself rejects the field
+        bad.model.decoder.num_querys = 10
     with pytest.raises(ValueError, match="num_querys"):
         models.build(bad)
     bad = cfg.copy_and_resolve_references()
