@@ -24,6 +24,7 @@ import re
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
+from flax import traverse_util
 
 Array = np.ndarray
 
@@ -119,20 +120,6 @@ def _to_torch_layout(path: Tuple[str, ...], value: Array) -> Array:
     return value
 
 
-def _flatten(tree: Mapping, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            yield from _flatten(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
-
-def _set(tree: Dict, path, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def _abstract_variables(cfg) -> Dict[str, Any]:
     import jax
 
@@ -171,13 +158,13 @@ def raw_variables(state_dict: Mapping[str, Any]) -> Dict[str, Dict]:
     Derived entries and shared aliases are skipped. Useful to feed a single
     submodule (``raw['params']['backbone']``) in tests and tools.
     """
-    out: Dict[str, Dict] = {"params": {}, "batch_stats": {}}
+    flat: Dict[str, Dict] = {"params": {}, "batch_stats": {}}
     for key, value in strip_prefix(state_dict).items():
         if key in _ALIASES or _DERIVED.match(key):
             continue
         coll, path = torch_key_to_flax(key, np.ndim(value))
-        _set(out[coll], path, _to_flax_layout(key, np.asarray(value), path))
-    return out
+        flat[coll][path] = _to_flax_layout(key, np.asarray(value), path)
+    return {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
 
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], cfg) -> Dict[str, Dict]:
@@ -190,11 +177,11 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], cfg) -> Dict[str, Dict]
     template = _abstract_variables(cfg)
     expected = {}
     for coll, tree in template.items():
-        for path, leaf in _flatten(tree):
+        for path, leaf in traverse_util.flatten_dict(tree).items():
             expected[flax_to_torch_key(coll, path)] = (coll, path, leaf)
     derived = _derived_values(cfg)
 
-    out: Dict[str, Dict] = {c: {} for c in template}
+    flat: Dict[str, Dict] = {c: {} for c in template}
     unexpected, bad_shape, bad_value = [], [], []
     for key, value in sd.items():
         if key in _ALIASES:
@@ -218,7 +205,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], cfg) -> Dict[str, Dict]
         if arr.shape != leaf.shape:
             bad_shape.append(f"{key}: checkpoint {tuple(value.shape)} -> {arr.shape}, model {leaf.shape}")
             continue
-        _set(out[coll], path, arr.astype(leaf.dtype))
+        flat[coll][path] = arr.astype(leaf.dtype)
     missing = sorted(expected)
     missing_derived = sorted(k for k in derived if k not in sd)
     if missing or unexpected or bad_shape or bad_value or missing_derived:
@@ -232,8 +219,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], cfg) -> Dict[str, Dict]
             if items:
                 shown = items[:40] + ([f"... and {len(items) - 40} more"] if len(items) > 40 else [])
                 lines.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
-        raise StateDictMismatch(f"state dict does not fit config {cfg.get('name', '?')!r}:\n" + "\n".join(lines))
-    return out
+        raise StateDictMismatch(f"state dict does not fit config {cfg.name!r}:\n" + "\n".join(lines))
+    return {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
 
 
 def _same_derived(mine: Array, theirs: Array) -> bool:
@@ -249,7 +236,7 @@ def to_torch_state_dict(variables: Mapping[str, Mapping], cfg) -> Dict[str, Arra
     """Inverse of :func:`from_torch_state_dict` (numpy arrays, PyTorch layouts and names)."""
     out: Dict[str, Array] = {}
     for coll in ("params", "batch_stats"):
-        for path, leaf in _flatten(variables.get(coll, {})):
+        for path, leaf in traverse_util.flatten_dict(variables.get(coll, {})).items():
             key = flax_to_torch_key(coll, path)
             arr = _to_torch_layout(path, np.asarray(leaf))
             if path[-1] == "num_batches_tracked":
