@@ -5,11 +5,10 @@ slots, R = reg_max. ``idx`` [B, Q] int32 is the output's matching (target index 
 ``num_boxes`` the normalizer (scalar); ``query_valid`` ([B, Q] or [Q] bool, optional) excludes
 slots (unused denoising slots) from every sum. All losses are computed in float32.
 
-optax is used where it gives the same numbers (tests/test_criterion.py checks each against the
-previous formula): ``sigmoid_binary_cross_entropy`` (bitwise for 0/1 targets; for the soft IoU
-targets of MAL / VFL positives <= 2 eps relative apart, both within 2.3 eps of float64),
+optax is used where it gives the same numbers (tests/test_criterion.py checks each):
 ``softmax_cross_entropy_with_integer_labels`` and ``kl_divergence_with_log_targets`` (bitwise).
-Not ``sigmoid_focal_loss`` (see :func:`loss_focal`).
+Not ``sigmoid_binary_cross_entropy`` (see :func:`bce_with_logits`) nor ``sigmoid_focal_loss``
+(see :func:`loss_focal`).
 """
 
 from __future__ import annotations
@@ -44,6 +43,15 @@ def _normalized_sum(loss, *, idx, num_boxes, query_valid):
     return jnp.sum(loss) / num_boxes
 
 
+def bce_with_logits(x, t):
+    """Elementwise binary cross entropy of logits ``x`` against soft targets ``t`` in [0, 1].
+
+    torch's ``binary_cross_entropy_with_logits`` formula. Not optax's, which is rearranged: equal
+    for 0/1 targets but up to 3 ulps apart on the soft IoU targets of MAL / VFL, enough to send a
+    whole training run along another float32 path than the official one."""
+    return jnp.maximum(x, 0.0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
 def loss_mal(*, logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma: float,
              alpha: Optional[float], query_valid=None):
     """Matchability-aware loss (§6.3): sum BCE(x, (IoU t)^gamma) (alpha p^gamma (1-t) + t) / N.
@@ -59,7 +67,7 @@ def loss_mal(*, logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma: flo
     neg = p ** gamma * (1.0 - t)
     if alpha is not None:
         neg = alpha * neg
-    loss = optax.sigmoid_binary_cross_entropy(logits, score) * (neg + t)
+    loss = bce_with_logits(logits, score) * (neg + t)
     return _normalized_sum(loss, idx=idx, num_boxes=num_boxes, query_valid=query_valid)
 
 
@@ -75,7 +83,7 @@ def loss_vfl(*, logits, boxes, idx, tgt_labels, tgt_boxes, num_boxes, gamma: flo
     score = iou[..., None] * t
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits))
     w = alpha * p ** gamma * (1.0 - t) + score
-    loss = optax.sigmoid_binary_cross_entropy(logits, score) * w
+    loss = bce_with_logits(logits, score) * w
     return _normalized_sum(loss, idx=idx, num_boxes=num_boxes, query_valid=query_valid)
 
 
@@ -92,7 +100,7 @@ def loss_focal(*, logits, idx, tgt_labels, num_boxes, gamma: float, alpha: float
     labels = gather_targets(idx=idx, targets=tgt_labels)
     t = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32) * matched[..., None]
     p = jax.nn.sigmoid(logits)
-    ce = optax.sigmoid_binary_cross_entropy(logits, t)
+    ce = bce_with_logits(logits, t)
     p_t = p * t + (1 - p) * (1 - t)
     loss = (alpha * t + (1 - alpha) * (1 - t)) * (ce * (1 - p_t) ** gamma)
     return _normalized_sum(loss, idx=idx, num_boxes=num_boxes, query_valid=query_valid)
