@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import parameter_overview
 from flax import traverse_util
 
 from deim_jax.convert import torch_param_name
@@ -166,6 +165,8 @@ class _GroupRow:
 
 def format_param_group_report(rows) -> str:
     """The groups as a table (``clu.parameter_overview.make_table``)."""
+    from clu import parameter_overview  # only for this report: the train step itself needs no clu
+
     table = [_GroupRow(r["group"], r["num_params"], r["numel"], f"{r['lr']:g}", f"{r['weight_decay']:g}",
                        str(r["regex"] or "-")) for r in rows]
     return parameter_overview.make_table(table)
