@@ -1,5 +1,6 @@
 """Orbax checkpoints: bit-exact round trip, keep-last-N plus best, atomicity, restore on another device count."""
 
+import errno
 import json
 import os
 import signal
@@ -11,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from deim_jax.train import optimizer as opt_lib
-from deim_jax.train.checkpoints import CheckpointManager, abstract_like
+from deim_jax.train.checkpoints import CheckpointError, CheckpointManager, abstract_like
 from deim_jax.train.train_step import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,3 +197,92 @@ def test_restore_on_different_device_count(tmp_path):
         assert r["train"]["w"].sharding == dev
         np.testing.assert_array_equal(np.asarray(r["train"]["w"]), want)
         np.testing.assert_array_equal(np.asarray(m.restore()["train"]["w"]), want)  # no target: host arrays
+
+
+def _largest_file(folder):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate_data(step_dir):
+    path = _largest_file(os.path.join(step_dir, "state"))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _delete_metadata(step_dir):
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+def _delete_state(step_dir):
+    import shutil
+
+    shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+def _garble_meta_json(step_dir):
+    with open(os.path.join(step_dir, "meta", "metadata"), "w") as f:
+        f.write('{"step": 3, "metr')
+
+
+@pytest.mark.parametrize("damage", [_truncate_data, _delete_metadata, _delete_state, _garble_meta_json])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, damage):
+    root = str(tmp_path / "ck")
+    states = {s: _state(s, n=64)[0] for s in (1, 2, 3)}
+    with CheckpointManager(root) as m:
+        for s, st in states.items():
+            m.save(s, st, metrics={"AP": 0.1 * s})
+    damage(os.path.join(root, "3"))
+    with CheckpointManager(root) as m, caplog.at_level("WARNING", logger="deim_jax.train.checkpoints"):
+        r = m.restore(target=states[2])
+        assert r["step"] == 2
+        _assert_identical(r["train"], states[2])
+        assert any("checkpoint step 3" in rec.getMessage() and "unreadable" in rec.getMessage()
+                   for rec in caplog.records)
+        assert m.latest_step() == 2
+        assert m.best_step() == 2  # the unreadable step 3 had the best AP; it no longer counts
+        m.save(3, states[3])  # the run goes on and saves step 3 again; the bad one was moved aside
+        _assert_identical(m.restore(target=states[3])["train"], states[3])
+    assert os.path.isdir(os.path.join(root, "3.unreadable"))
+    with CheckpointManager(root) as m:
+        assert m.all_steps() == [1, 2, 3]
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    root = str(tmp_path / "ck")
+    state = _state(0)[0]
+    with CheckpointManager(root) as m:
+        m.save(1, state)
+        m.save(2, state)
+    _truncate_data(os.path.join(root, "1"))
+    _delete_metadata(os.path.join(root, "2"))
+    with CheckpointManager(root) as m:
+        with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*step 1: .*step 2: "):
+            m.restore(target=state)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   PermissionError(errno.EACCES, "Permission denied")])
+def test_failed_save_keeps_the_previous_checkpoint_and_says_what_failed(tmp_path, monkeypatch, error):
+    import orbax.checkpoint as ocp
+
+    root = str(tmp_path / "ck")
+    good, newer = _state(0)[0], _state(1)[0]
+    with CheckpointManager(root) as m:
+        m.save(1, good)
+
+    def failing_write(self, *args, **kwargs):  # fails once some files of the new checkpoint exist
+        raise error
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", failing_write)
+    with CheckpointManager(root) as m:
+        with pytest.raises(CheckpointError, match=rf"saving checkpoint step 2 into {root} failed: .*"
+                                                  rf"{error.strerror}.*previous checkpoint \(step 1\) is intact"):
+            m.save(2, newer)
+    monkeypatch.undo()
+    with CheckpointManager(root) as m:
+        assert m.all_steps() == [1]
+        _assert_identical(m.restore(target=good)["train"], good)
+        m.save(2, newer)  # once the disk is fine again, saving works (the partial save is cleaned up)
+        _assert_identical(m.restore(target=newer)["train"], newer)
+    assert not [p for p in os.listdir(root) if "tmp" in p]

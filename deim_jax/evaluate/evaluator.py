@@ -63,6 +63,27 @@ def evaluate(cfg, predict: Predict, mesh, records, picture: Optional[list] = Non
     return evaluator.summarize()
 
 
+def forget_evals_after(workdir: str, step: int) -> None:
+    """Drop the ``eval.jsonl`` rows of steps after ``step`` (and a half-written last line): a run
+    killed between an evaluation and its checkpoint redoes that epoch when it resumes (process 0)."""
+    path = os.path.join(workdir, "eval.jsonl")
+    if jax.process_index() != 0 or not os.path.isfile(path):
+        return
+    kept, dropped = [], 0
+    for line in open(path):
+        try:
+            keep = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError):
+            keep = False
+        kept += [line] if keep else []
+        dropped += not keep
+    if dropped:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        log.info("dropped %d row(s) of %s after step %d (evaluated before the run was stopped)", dropped, path, step)
+
+
 def record_eval(workdir: str, step: int, epoch: int, metrics: Dict[str, Any], writer=None) -> None:
     """Append the row ``{step, epoch, AP, ..., per_class}`` to ``workdir/eval.jsonl``, rewrite
     ``per_class_ap.txt``, log the compact table, and write the scalars to ``writer`` (process 0 only)."""

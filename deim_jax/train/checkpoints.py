@@ -18,6 +18,14 @@ complete (after all items are written), so a save killed mid-way leaves at most 
 the next manager removes (``_remove_partial_saves``; a manager that only reads never deletes);
 the previous checkpoint stays intact.
 
+Faults: ``restore()`` of the latest checkpoint falls back to the newest *readable* one when the
+latest cannot be read (a truncated or deleted file inside it), with a warning naming the bad
+step; the next ``save`` moves the bad ones aside as ``<step>.unreadable`` (kept for inspection,
+ignored by orbax). When no checkpoint is readable, ``CheckpointError`` says so: a run never
+starts afresh over checkpoints it could not read. A failed save (disk full, permission denied)
+raises ``CheckpointError`` naming the step, the folder and the cause; the previous checkpoints are
+untouched (the partial save is only a temporary directory).
+
 Restoring on another device count / mesh: pass ``target`` (a pytree like the saved one, of arrays
 or ``jax.ShapeDtypeStruct`` with a ``sharding``); each array is read straight into the target's
 sharding. Without a target arrays come back as host numpy arrays in plain nested dicts/lists.
@@ -26,6 +34,7 @@ sharding. Without a target arrays come back as host numpy arrays in plain nested
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +45,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be saved, or no checkpoint of a run could be read."""
 
 
 def config_to_json(config: Any) -> Any:
@@ -79,6 +93,7 @@ class CheckpointManager:
         self.best_metric = best_metric
         self.best_mode = best_mode
         self._cleaned = False
+        self._unreadable: Dict[int, str] = {}  # step -> why it could not be read
         policies = [ocm.LatestN(n=max_to_keep)]
         if best_metric is not None:
             policies.append(ocm.BestN(get_metric_fn=self._metric_value, reverse=(best_mode == "min"), n=1,
@@ -98,16 +113,22 @@ class CheckpointManager:
 
     # ---- queries -------------------------------------------------------------------------------
     def all_steps(self):
-        return sorted(self._mngr.all_steps())
+        """Saved steps, ascending, without those found unreadable."""
+        return sorted(s for s in self._mngr.all_steps() if s not in self._unreadable)
 
     def latest_step(self) -> Optional[int]:
-        return self._mngr.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def best_step(self) -> Optional[int]:
         """Step with the best ``best_metric`` among kept checkpoints (None if none has it)."""
         best, best_v = None, None
         for s in self.all_steps():
-            m = self._read_meta(s).get("metrics") or {}
+            try:
+                m = self._read_meta(s).get("metrics") or {}
+            except Exception as e:  # an unreadable checkpoint is never the best one
+                self._mark_unreadable(s, e)
+                continue
             if self.best_metric not in m:
                 continue
             v = float(m[self.best_metric])
@@ -128,30 +149,70 @@ class CheckpointManager:
         if not self._cleaned:
             _remove_partial_saves(self.directory)
             self._cleaned = True
+        if self._unreadable:
+            self._set_aside_unreadable()
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         state = {"train": train_state, "data": data_state if data_state is not None else {}}
-        saved = self._mngr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(config_to_json(config)),
-                meta=ocp.args.JsonSave({"step": step, "metrics": metrics}),
-            ),
-            metrics=metrics if metrics else None,
-            force=force,
-        )
-        return saved
+        try:
+            return self._mngr.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    config=ocp.args.JsonSave(config_to_json(config)),
+                    meta=ocp.args.JsonSave({"step": step, "metrics": metrics}),
+                ),
+                metrics=metrics if metrics else None,
+                force=force,
+            )
+        except OSError as e:
+            previous = self.latest_step()
+            kept = f"the previous checkpoint (step {previous}) is intact" if previous is not None else "no earlier checkpoint"
+            raise CheckpointError(f"saving checkpoint step {step} into {self.directory} failed: {e}; {kept}") from e
 
     def wait_until_finished(self):
         self._mngr.wait_until_finished()
 
     def restore(self, step: Optional[int] = None, target: Any = None, target_data: Any = None) -> Dict[str, Any]:
-        """Restore ``step`` (default: latest). ``target``: abstract train state (shapes, dtypes, shardings)."""
+        """Restore ``step``, or (default) the newest readable checkpoint, warning about newer unreadable
+        ones. ``target``: abstract train state (shapes, dtypes, shardings)."""
         self._mngr.wait_until_finished()
-        if step is None:
-            step = self.latest_step()
-        if step is None:
+        if step is not None:
+            return self._restore_step(step, target, target_data)
+        if not self.all_steps():
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self._restore_first_readable(self.all_steps()[::-1], target, target_data)
+
+    def _restore_first_readable(self, steps, target, target_data) -> Dict[str, Any]:
+        for s in steps:
+            try:
+                return self._restore_step(s, target, target_data)
+            except Exception as e:  # orbax/tensorstore raise many kinds for a damaged checkpoint
+                self._mark_unreadable(s, e)
+        bad = "; ".join(f"step {s}: {why}" for s, why in sorted(self._unreadable.items()))
+        raise CheckpointError(f"no readable checkpoint in {self.directory} ({bad}); move the folder away "
+                              "to start afresh, or fix it")
+
+    def _mark_unreadable(self, step: int, error: Exception) -> None:
+        why = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        self._unreadable[step] = why
+        log.warning("checkpoint step %d in %s is unreadable (%s); using an earlier one", step, self.directory, why)
+
+    def _set_aside_unreadable(self) -> None:
+        """Rename unreadable checkpoints to ``<step>.unreadable`` (primary process), so the run can
+        save those steps again; orbax no longer lists them."""
+        if jax.process_index() == 0:
+            for step in self._unreadable:
+                src = os.path.join(self.directory, str(step))
+                if os.path.isdir(src):
+                    os.replace(src, f"{src}.unreadable")
+                    log.warning("moved the unreadable checkpoint %s aside to %s.unreadable", src, src)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("deim_jax: unreadable checkpoints set aside")
+        self._unreadable.clear()
+        self._mngr.reload()
+
+    def _restore_step(self, step: int, target: Any, target_data: Any) -> Dict[str, Any]:
         if target is not None:
             abstract = {"train": abstract_like(target)}
             if target_data is not None:
@@ -177,10 +238,13 @@ class CheckpointManager:
         }
 
     def restore_best(self, target: Any = None, target_data: Any = None) -> Dict[str, Any]:
-        step = self.best_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint with metric {self.best_metric!r} in {self.directory}")
-        return self.restore(step, target, target_data)
+        """Restore the best checkpoint by ``best_metric`` (the next best if it is unreadable)."""
+        while (step := self.best_step()) is not None:
+            try:
+                return self._restore_step(step, target, target_data)
+            except Exception as e:
+                self._mark_unreadable(step, e)
+        raise FileNotFoundError(f"no readable checkpoint with metric {self.best_metric!r} in {self.directory}")
 
     def close(self):
         self._mngr.wait_until_finished()

@@ -8,8 +8,12 @@ position, config), evaluate the EMA weights with COCO AP every
 ``WORKDIR/eval.jsonl``), keep the last N checkpoints plus the best by AP.
 At ``data.stop_epoch`` (end of augmentation) the best stage-1 checkpoint is
 reloaded (``stage2_reload``), as the official trainer does. A run in a workdir
-that has checkpoints resumes from the latest one, bit-exactly (same batches).
-SIGTERM/SIGINT save a checkpoint at the next step and exit cleanly.
+that has checkpoints resumes from the latest readable one, bit-exactly (same batches;
+``eval.jsonl`` rows of steps after it, from a run killed before its next save, are dropped), so
+a run killed at any moment (SIGKILL) and restarted with the same command ends identical to an
+uninterrupted one. SIGTERM/SIGINT save a checkpoint at the next step and exit cleanly; with
+several processes the stop is agreed by all of them (``preemption.StopRequest``), and a process
+that fails ends at once instead of hanging (``sharding.fail_fast_across_processes``).
 
 Everything is reported through ``logging`` (logger ``deim_jax.train.loop``); the CLI decides
 what the user sees.
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from typing import Any, Dict
 
 import jax
@@ -29,6 +32,7 @@ from deim_jax import data as data_lib
 from deim_jax.evaluate import evaluator
 from deim_jax.train import checkpoints, optimizer, schedule, sharding
 from deim_jax.train.init_from import initial_variables
+from deim_jax.train.preemption import StopRequest
 from deim_jax.train.progress import Progress
 from deim_jax.train.setup import Setup, init_state, setup
 from deim_jax.train.train_step import TrainState
@@ -38,30 +42,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after every step."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _summary_writer(workdir):
@@ -83,9 +63,9 @@ def _initial_state(cfg, s: Setup, mngr: checkpoints.CheckpointManager):
     report = optimizer.param_group_report(variables["params"], cfg, s.frozen)
     log.info("parameter groups:\n%s", optimizer.format_param_group_report(report))
     state = init_state(s, variables, state_rng)
-    if mngr.latest_step() is None:
+    if not mngr.all_steps():
         return state, None
-    restored = mngr.restore(target=state)
+    restored = mngr.restore(target=state)  # the newest readable one; CheckpointError if none is
     log.info("resumed from checkpoint step %d in %s", restored["step"], mngr.directory)
     return restored["train"], restored["data"] or None
 
@@ -127,6 +107,7 @@ def _report(progress: Progress, writer, cfg, steps_per_epoch: int, step: int, me
 
 
 def _evaluate_ema(cfg, s: Setup, state, records, workdir, step, writer) -> Dict[str, Any]:
+    log.info("evaluating the EMA weights after epoch %d on %d images", step // s.steps_per_epoch, len(records))
     picture = []
     metrics = evaluator.evaluate(cfg, lambda im: s.predict_step(state.variables(use_ema=True), im), s.mesh,
                                  records, picture)
@@ -150,39 +131,52 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
     resumed by calling again, e.g. in time-limited jobs).
     """
     sharding.maybe_initialize_distributed()
-    _write_config(cfg, workdir)
-    mesh = sharding.make_mesh()
-    sharding.check_batch_size(cfg.batch_size, mesh)
-    train_records, val_records = data_lib.load_split(cfg.data, "train"), data_lib.load_split(cfg.data, "val")
-    steps_per_epoch = data_lib.steps_per_epoch(cfg.data, train_records)
+    with sharding.fail_fast_across_processes():
+        _write_config(cfg, workdir)
+        mesh = sharding.make_mesh()
+        sharding.check_batch_size(cfg.batch_size, mesh)
+        train_records, val_records = data_lib.load_split(cfg.data, "train"), data_lib.load_split(cfg.data, "val")
+        steps_per_epoch = data_lib.steps_per_epoch(cfg.data, train_records)
+        s = setup(cfg, mesh, steps_per_epoch)
+        mngr = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+        state, data_state = _initial_state(cfg, s, mngr)
+        evaluator.forget_evals_after(workdir, int(state.step))
+        train_iter = data_lib.build_train_iterator(
+            cfg.data, seed=cfg.seed, start_step=int(state.step), state=data_state,
+            process_index=jax.process_index(), process_count=jax.process_count(), records=train_records)
+        writer = _summary_writer(workdir)
+        try:
+            return _train(cfg, s, state, train_iter, val_records, mngr, workdir, writer, stop_at_step)
+        finally:
+            mngr.close()
+            if writer is not None:
+                writer.flush()
+
+
+def _train(cfg, s: Setup, state, train_iter, val_records, mngr, workdir, writer, stop_at_step) -> Dict[str, Any]:
+    """The epochs from ``state.step`` on: steps, per-epoch checkpoints and evaluations, stage 2."""
+    steps_per_epoch = s.steps_per_epoch
     total_steps = int(cfg.epochs) * steps_per_epoch
-    s = setup(cfg, mesh, steps_per_epoch)
-    mngr = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-    state, data_state = _initial_state(cfg, s, mngr)
-    train_iter = data_lib.build_train_iterator(
-        cfg.data, seed=cfg.seed, start_step=int(state.step), state=data_state,
-        process_index=jax.process_index(), process_count=jax.process_count(), records=train_records)
-    writer = _summary_writer(workdir)
     progress = Progress(total_steps, int(cfg.log_every_steps), cfg.batch_size, writer,
                         on_steps=range(steps_per_epoch, total_steps + 1, steps_per_epoch))
     stage2_step = cfg.data.stop_epoch * steps_per_epoch if cfg.stage2_reload and cfg.data.stop_epoch > 0 else -1
     last_metrics: Dict[str, Any] = {}
     step = int(state.step)
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         while step < total_steps:
             if step == stage2_step and step > 0 and mngr.best_step() is not None:
                 with progress.paused():
                     state = _reload_best(mngr, state)
             local = next(train_iter)
             dropped = int(local["num_dropped_boxes"].sum()) if "num_dropped_boxes" in local else 0
-            batch = sharding.global_batch({k: local[k] for k in ("image", "boxes", "labels", "mask")}, mesh)
+            batch = sharding.global_batch({k: local[k] for k in ("image", "boxes", "labels", "mask")}, s.mesh)
             state, metrics = s.train_step(state, batch)
             step += 1
             _check_finite(cfg, metrics, step, mngr)  # waits for the step: the progress clock excludes compilation
             if progress(step):
                 _report(progress, writer, cfg, steps_per_epoch, step, metrics, dropped)
             end_of_epoch = step % steps_per_epoch == 0
-            stopping = stop.requested or step == stop_at_step
+            stopping = stop.should_stop(step) or step == stop_at_step
             if not (end_of_epoch or stopping or step == total_steps):
                 continue
             with progress.paused():
@@ -195,9 +189,6 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
                 mngr.wait_until_finished()
                 log.info("stopped at step %d; checkpoint saved in %s", step, mngr.directory)
                 break
-    mngr.close()
-    if writer is not None:
-        writer.flush()
     return last_metrics
 
 
@@ -206,9 +197,9 @@ def _restore_weights(ckpt_dir: str, use_ema: bool):
     if not os.path.isdir(ckpt_dir):
         return None
     with checkpoints.CheckpointManager(ckpt_dir) as mngr:
-        if mngr.latest_step() is None:
+        if not mngr.all_steps():
             return None
-        restored = mngr.restore(mngr.latest_step())
+        restored = mngr.restore()  # the newest readable one
     prefix = "ema_" if use_ema else ""
     train = restored["train"]
     variables = {"params": train[prefix + "params"], "batch_stats": train[prefix + "batch_stats"]}
