@@ -29,6 +29,10 @@ Data fields (``config.data``, read by ``deim_jax.data``):
   num_parallel_calls, prefetch       tf.data knobs (None = AUTOTUNE)
   spare_examples                     extra shard entries so unreadable files do not shorten an
                                      epoch (None = max(local batch size, 8))
+  strict_files                       False: a missing train image is dropped with one warning,
+                                     an unreadable one skipped when met (counted); True: every
+                                     train/val image is read and decoded once at start-up and
+                                     any missing or unreadable one is an error listing them
   root, generate_demo                demo only: folder of the demo set; write it if missing
 """
 
@@ -145,6 +149,7 @@ def _data(c: ml_collections.ConfigDict, *, batch_size, eval_batch_size: int,
         num_parallel_calls=FieldReference(None, field_type=int),
         prefetch=2,
         spare_examples=FieldReference(None, field_type=int),
+        strict_files=False,
         root="",
         generate_demo=False,
     ))

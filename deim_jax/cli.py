@@ -7,23 +7,32 @@ a name into the path form that config_flags reads. ``run(main)`` is ``app.run`` 
 and the console set up: the project's log records (``deim_jax.*`` loggers, INFO and up) are
 printed as plain lines on stdout; other libraries' INFO logs (orbax, clu, absl) are hidden.
 
+User errors (``deim_jax.errors.UserError`` raised anywhere under ``main``, a bad flag, an
+override naming no config field, ``--config.batch_size=abc``) print one line ``error: ...`` on
+stderr, without a traceback, and exit with status 2; ``--help`` works as in absl.
+
 Also here: the ``summary`` and ``predict`` modes of ``deim_jax.main``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence
 
+import ml_collections
 import numpy as np
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from deim_jax import configs
+from deim_jax.errors import ConfigError, UserError
 
 SAMPLE_IMAGE = os.path.join(os.path.dirname(__file__), "assets", "sample.png")
 
@@ -42,10 +51,7 @@ def config_argv(argv: Sequence[str], default: Optional[str] = None) -> List[str]
             a = "--config=" + next(it, "")
         if a.startswith("--config="):
             seen = True
-            try:
-                path, arg = configs.resolve(a.split("=", 1)[1])
-            except ValueError as e:
-                sys.exit(f"error: {e}")
+            path, arg = configs.resolve(a.split("=", 1)[1])  # ConfigError listing the names
             a = f"--config={path}" + (f":{arg}" if arg else "")
         out.append(a)
     if not seen and default is not None:  # before any --config.a.b=v: overrides need the config flag first
@@ -56,8 +62,66 @@ def config_argv(argv: Sequence[str], default: Optional[str] = None) -> List[str]
 def require_config(flag):
     cfg = flag.value
     if cfg is None:
-        sys.exit(f"error: --config is required; available: {', '.join(configs.available())}")
+        raise ConfigError(f"--config is required; available: {', '.join(configs.available())}")
     return cfg
+
+
+def writable_folder(path: str, flag: str) -> str:
+    """``path``, created if missing and checked writable; a ``UserError`` naming ``flag`` if not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag}={path}: cannot create or write this folder: {e}") from None
+    return path
+
+
+def unknown_override(argv: Sequence[str]) -> Optional[str]:
+    """The message for the first ``--config.a.b[=v]`` of ``argv`` naming no field of the config
+    (``--config=PATH[:ARG]`` form), with the closest field name; None if every override exists."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    cfg = configs.load_file(*configs.resolve(spec))
+    for arg in argv:
+        match = re.match(r"--?(?:no)?config\.([^=]+)", arg)
+        if not match:
+            continue
+        node, parent = cfg, []
+        for key in match.group(1).split("."):
+            fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                where = "config." + ".".join(parent) if parent else "the config"
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return f"--config.{match.group(1)}: no field {key!r} in {where}{hint}"
+            node = node[key]
+            parent.append(key)
+    return None
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+    """``flags.FLAGS(argv)`` (``--help`` as usual); a bad flag or override raises a ``UserError``."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+        if "Unknown command line flag 'config." in message:
+            message += " (an override --config.a.b=value needs --config=NAME before it)"
+        raise UserError(message[len("flag "):] if message.startswith("flag --") else message) from None
+    except (KeyError, AttributeError):  # config_flags' lookup of an override's field
+        message = unknown_override(argv)
+        if message is None:
+            raise
+        raise ConfigError(message) from None
+
+
+def fail(error: BaseException) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with status 2."""
+    sys.stdout.flush()
+    print("error: " + " ".join(str(error).split()), file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def setup_console() -> None:
@@ -76,7 +140,8 @@ def setup_console() -> None:
 
 
 def run(main: Callable, default_config: Optional[str] = None) -> None:
-    """``absl.app.run(main)`` with ``config_argv`` applied to ``sys.argv`` and the console set up."""
+    """``absl.app.run(main)`` with ``config_argv`` applied to ``sys.argv``, the console set up and
+    a ``UserError`` (from the flags or from ``main``) turned into ``fail``."""
     if "configs" not in sys.modules:
         sys.path.insert(0, configs.REPO_ROOT)
 
@@ -84,7 +149,10 @@ def run(main: Callable, default_config: Optional[str] = None) -> None:
         setup_console()
         return main(argv)
 
-    app.run(wrapped, argv=config_argv(sys.argv, default_config))
+    try:
+        app.run(wrapped, argv=config_argv(sys.argv, default_config), flags_parser=parse_flags)
+    except UserError as e:
+        fail(e)
 
 
 # ---------------------------------------------------------------------------------------------- modes

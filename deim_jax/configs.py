@@ -19,6 +19,8 @@ from typing import List, Optional, Tuple
 
 import ml_collections
 
+from deim_jax.errors import ConfigError
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
@@ -61,7 +63,7 @@ def resolve(name: str) -> Tuple[str, Optional[str]]:
         size, *recipe = path[len(stem) + 1:].split("_", 1)
         if size in getattr(m, "NAMES", ()) and all(r in getattr(m, "RECIPES", ()) for r in recipe):
             return os.path.join(CONFIG_DIR, f"{stem}.py"), ",".join([size, *recipe])
-    raise ValueError(f"unknown config {name!r}: not a file and not one of: {', '.join(available())}")
+    raise ConfigError(f"unknown config {name!r}: not a file and not one of: {', '.join(available())}")
 
 
 def load_file(path: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
@@ -75,7 +77,7 @@ def load_file(path: str, arg: Optional[str] = None) -> ml_collections.ConfigDict
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     if not hasattr(mod, "get_config"):
-        raise ValueError(f"{path}: a config file must define get_config()")
+        raise ConfigError(f"{path}: a config file must define get_config()")
     cfg = mod.get_config(arg) if arg is not None else mod.get_config()
     cfg.lock()
     return cfg

@@ -6,15 +6,19 @@ Modes: ``train`` (train and evaluate in ``--workdir``, resuming from its latest
 checkpoint), ``eval`` (COCO AP of the latest checkpoint's EMA weights, or of
 ``--config.init_from``), ``summary`` (parameter counts per module), ``predict``
 (detections on one image, with ``--weights`` from an official .pth or random weights).
+
+A mistake in the input (config field, data, flag, ``--workdir`` not writable) ends the run with
+one ``error: ...`` line and exit status 2 (``deim_jax.cli.run``), at start-up.
 """
 
 from __future__ import annotations
 
-import sys
+import os
 
 from absl import flags
 
 from deim_jax import cli
+from deim_jax.errors import MissingDataError, UserError
 
 _CONFIG = cli.define_config_flag()
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "predict"], "What to run.")
@@ -24,13 +28,11 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.p
 
 
 def _train_or_eval(cfg, mode: str, workdir: str) -> None:
+    cli.writable_folder(workdir, "--workdir")  # checked before the slow imports
     from deim_jax.data import prepare
     from deim_jax.train import loop
 
-    try:
-        prepare.check_or_generate(cfg.data)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    prepare.check_or_generate(cfg.data)
     if mode == "train":
         metrics = loop.train_and_evaluate(cfg, workdir)
     else:
@@ -44,11 +46,14 @@ def main(argv):
     cfg = cli.require_config(_CONFIG)
     if _MODE.value in ("train", "eval"):
         if not _WORKDIR.value:
-            sys.exit("error: --workdir is required for --mode=train/eval")
+            raise UserError("--workdir is required for --mode=train/eval")
         _train_or_eval(cfg, _MODE.value, _WORKDIR.value)
     elif _MODE.value == "summary":
         cli.summary(cfg)
     else:
+        for flag in (_IMAGE, _WEIGHTS):
+            if flag.value and not os.path.isfile(flag.value):
+                raise MissingDataError(f"--{flag.name}={flag.value}: no such file")
         cli.predict(cfg, image_path=_IMAGE.value, weights=_WEIGHTS.value)
 
 

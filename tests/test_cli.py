@@ -6,6 +6,7 @@ import time
 import pytest
 
 from deim_jax import cli, configs
+from deim_jax.errors import ConfigError
 from deim_jax.train.progress import Progress, format_eta
 
 
@@ -20,7 +21,7 @@ def test_config_argv_rewrites_names_and_adds_the_default_first():
     assert cli.config_argv(["prog", "--config.batch_size=4", "--out=x.png"], default="demo") == [
         "prog", f"--config={path}", "--config.batch_size=4", "--out=x.png"]
     assert cli.config_argv(["prog", "--out=x"]) == ["prog", "--out=x"]
-    with pytest.raises(SystemExit, match="unknown config"):
+    with pytest.raises(ConfigError, match="unknown config 'no_such_config'.*dfine_l_baseline"):
         cli.config_argv(["prog", "--config=no_such_config"])
 
 

@@ -52,5 +52,5 @@ def test_batch_size_is_one_field():
 def test_cli_rejects_unknown_config_with_clear_message():
     r = subprocess.run([sys.executable, "-m", "deim_jax.main", "--config=nope"], capture_output=True, text=True,
                        cwd=configs.REPO_ROOT)
-    assert r.returncode != 0
-    assert "unknown config 'nope'" in r.stderr and "dfine_n" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: unknown config 'nope'") and "dfine_n" in r.stderr

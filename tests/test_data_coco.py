@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from deim_jax.data import coco as C
 from deim_jax.data import demo
+from deim_jax.errors import DataError, MissingDataError, UserError
 
 
 def _write(tmp_path, images, annotations, categories, files=True):
@@ -121,3 +123,44 @@ def test_prepare_generates_demo_and_reports_missing(tmp_path):
     c.data.generate_demo = True
     prepare.check_or_generate(c.data)
     assert os.path.isfile(c.data.val.annotations) and len(os.listdir(c.data.train.images)) == 256
+
+
+def test_malformed_json_names_file_line_and_column(tmp_path):
+    p = tmp_path / "instances_train.json"
+    p.write_text('{"images": [],\n "annotations": [] "categories": []}')
+    with pytest.raises(DataError, match=re.escape(
+            f"{p}:2:20: malformed JSON: Expecting ',' delimiter (line 2, column 20)")):
+        C.load_coco(str(tmp_path), str(p), 1)
+
+
+@pytest.mark.parametrize("content, message", [
+    ([], "the top level is a JSON list, not an object"),
+    ({"images": {}}, "'images' is a JSON object, not a list"),
+    ({"images": [_img(1), {"id": 2, "file_name": "2.png", "height": 3}]}, r"images\[1\] \(id 2\) has no 'width'"),
+    ({"images": ["1.png"]}, r"images\[0\] is a JSON string, not an object"),
+    ({"images": [dict(_img(1), width=0)]}, r"images\[0\] \(id 1\) 'width' is 0, not a positive size"),
+    ({"images": [dict(_img(1), file_name=7)]}, r"images\[0\] \(id 1\) 'file_name' is 7, not a string"),
+    ({"annotations": [{"id": 5, "image_id": 1, "bbox": [0, 0, 1, 1]}]},
+     r"annotations\[0\] \(id 5\) has no 'category_id'"),
+    ({"categories": [{"id": "cat"}]}, r"categories\[0\] \(id 'cat'\) 'id' is 'cat', not an integer"),
+], ids=["top-level", "images-type", "no-width", "entry-type", "zero-width", "file-name", "no-category",
+        "category-id"])
+def test_bad_structure_names_the_file_entry_and_field(tmp_path, content, message):
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=re.escape(str(p)) + ": " + message):
+        C.load_coco(str(tmp_path), str(p), 1)
+
+
+def test_data_errors_are_user_errors(tmp_path):
+    """The errors of the table are UserErrors (one line on the command line) and keep their old
+    builtin bases for callers that catch those."""
+    cats = [{"id": 1, "name": "a"}]
+    d, a = _write(tmp_path, [_img(1)], [_ann(1, 1, 9, [1, 1, 5, 5])], cats)
+    with pytest.raises(DataError) as e:
+        C.load_coco(d, a, 1)
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+    d, a = _write(tmp_path, [_img(2)], [], cats, files=False)  # no 2.png
+    with pytest.raises(MissingDataError) as e:
+        C.load_coco(d, a, 1, missing="error")
+    assert isinstance(e.value, UserError) and isinstance(e.value, FileNotFoundError)

@@ -9,6 +9,7 @@ import pytest
 
 from deim_jax import configs, data
 from deim_jax.data import demo, pipeline
+from deim_jax.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,33 @@ def test_all_files_unreadable_raises(root, tmp_path):
     it = data.build_train_iterator(make_config(r2), seed=0)
     with pytest.raises(RuntimeError, match="no training example could be loaded"):
         next(it)
+
+
+def test_strict_files_lists_missing_and_unreadable_files_at_load(root, tmp_path):
+    r2 = str(tmp_path / "strict")
+    shutil.copytree(root, r2)
+    train = os.path.join(r2, "train")
+    files = sorted(os.listdir(train))
+    open(os.path.join(train, files[0]), "wb").write(b"garbage, not a jpeg")
+    blob = open(os.path.join(train, files[1]), "rb").read()
+    open(os.path.join(train, files[1]), "wb").write(blob[:-10])  # truncated JPEG
+    os.remove(os.path.join(train, files[2]))
+    strict = make_config(r2, strict_files=True)
+    with pytest.raises(DataError) as e:
+        data.load_split(strict, "train")
+    msg = str(e.value)
+    assert msg.startswith(f"{strict.train.annotations}: 3 of 24 train image files under {train} are missing or "
+                          "unreadable (config.data.strict_files=True): "), msg
+    assert msg.endswith(f"{files[0]} (unreadable), {files[1]} (unreadable), {files[2]} (missing)"), msg
+    assert len(data.load_split(strict, "val")) == 10  # the val files are fine
+    # default: the missing file is dropped, the unreadable ones are left to the pipeline
+    assert len(data.load_split(make_config(r2), "train")) == 23
+    for f in files[3:]:
+        open(os.path.join(train, f), "wb").write(b"junk")
+    with pytest.raises(DataError, match=r"24 of 24 train image files .*, \.\.\. \(4 more\)$") as e:
+        data.load_split(strict, "train")
+    assert str(e.value).count("(unreadable)") + str(e.value).count("(missing)") == 20
+    val = os.path.join(r2, "val")
+    open(os.path.join(val, sorted(os.listdir(val))[0]), "wb").write(b"\x89PNG broken")
+    with pytest.raises(DataError, match=r"1 of 10 val image files"):
+        data.load_split(strict, "val")

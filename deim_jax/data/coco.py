@@ -8,16 +8,28 @@ the image and contiguous int32 labels, stored ragged (``box_offsets``) so a
 ``tf.data`` pipeline can gather them with tensors only.
 
 Bad input (the behaviour of every case; tests in ``tests/test_data_coco.py`` and
-``tests/test_data_pipeline.py``):
+``tests/test_data_pipeline.py``). Every error is raised before training, is a
+``deim_jax.errors.UserError`` (one ``error:`` line on the command line, exit status 2) and names
+the file:
 
 ==========================================  =====================================================
 input                                       behaviour
 ==========================================  =====================================================
-empty ``categories`` list                   ``ValueError`` before training (names the file)
-annotation with unknown ``category_id``     ``ValueError`` naming the file and the unknown ids
-``num_classes`` too small for the data      ``ValueError`` naming the file, the ids and the count
+malformed JSON (syntax)                     ``DataError`` ``FILE:LINE:COL: malformed JSON: ...``
+top level not an object; ``images`` /       ``DataError`` naming the key (a missing key is an
+``annotations`` / ``categories`` not a      empty list)
+list
+entry that is not an object or lacks a      ``DataError`` naming the entry (``images[7]``, its id)
+required field: images ``id``,              and the field; also a non-integer id / size, a
+``file_name``, ``width``, ``height``;       ``file_name`` that is not a string, a width or height
+annotations ``image_id``, ``category_id``;  <= 0
+categories ``id``
+empty ``categories`` list                   ``DataError``
+annotation with unknown ``category_id``     ``DataError`` naming the unknown ids
+``num_classes`` too small for the data      ``DataError`` naming the ids and the count
+``remap_mscoco_category`` on non-COCO ids   ``DataError`` naming the ids
 duplicated image id, identical entries      deduplicated, counted in ``stats['duplicate_images']``
-duplicated image id, different entries      ``ValueError`` naming the file and the ids
+duplicated image id, different entries      ``DataError`` naming the ids
 annotation for an image id not listed       dropped, counted (``stats['orphan_annotations']``)
 ``iscrowd == 1``                            dropped (official), counted (``stats['crowd']``)
 NaN / inf / missing / malformed bbox        dropped, counted (``stats['nonfinite']``)
@@ -27,10 +39,13 @@ clipping; also boxes fully outside)
 image with no annotations                   kept, trains as a background image (official)
 missing image file                          train: dropped before training with one warning
                                             naming them (``stats['missing_files']``); eval:
-                                            ``FileNotFoundError`` naming them
+                                            ``MissingDataError`` naming them
 corrupt / truncated / unknown-format file   train: the example is skipped at decode time with a
                                             warning, the epoch keeps its length (spare indices);
                                             eval: replaced by a black image with ``valid=False``
+missing or unreadable file with             ``DataError`` at start-up listing them (the first 20
+``config.data.strict_files`` (train, val)   and the count): every file is read and decoded once
+                                            by the pipeline's decoder (``data.sources``)
 grayscale / RGBA / palette / 16-bit PNG,    decoded to 8-bit RGB (``tf.io.decode_image``,
 CMYK JPEG                                   ``channels=3``; alpha dropped, 16-bit scaled)
 EXIF-rotated JPEG                           orientation tag ignored: pixels used as stored, which
@@ -49,10 +64,11 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from deim_jax.errors import DataError, MissingDataError
 from deim_jax.ops.coco_categories import MSCOCO_CATEGORY2LABEL, MSCOCO_CATEGORY_IDS, MSCOCO_LABEL2CATEGORY  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -100,18 +116,77 @@ class CocoRecords:
             boxes=self.boxes[sel].reshape(-1, 4), labels=self.labels[sel], stats=dict(self.stats))
 
 
+# The fields every entry of a list needs: an integer (``int()`` of it works) except file_name.
+_REQUIRED = {"images": ("id", "file_name", "width", "height"),
+             "annotations": ("image_id", "category_id"),
+             "categories": ("id",)}
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def _entry_problem(entry, fields: Sequence[str]) -> Optional[str]:
+    """What is wrong with one entry of a json list (None: nothing)."""
+    if not isinstance(entry, dict):
+        return f"is a JSON {_json_type(entry)}, not an object"
+    for field in fields:
+        if field not in entry:
+            return f"has no {field!r}"
+        value = entry[field]
+        if field == "file_name":
+            if not isinstance(value, str):
+                return f"{field!r} is {value!r}, not a string"
+            continue
+        try:
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return f"{field!r} is {value!r}, not an integer"
+        if field in ("width", "height") and number <= 0:
+            return f"{field!r} is {value!r}, not a positive size"
+    return None
+
+
+def read_annotations(annotations_file: str) -> Dict[str, list]:
+    """The 'images', 'annotations' and 'categories' lists of a COCO-format json (a missing key is
+    an empty list); ``DataError`` naming the file and the line:column, or the entry and field."""
+    try:
+        with open(annotations_file, "rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{annotations_file}:{e.lineno}:{e.colno}: malformed JSON: {e.msg} "
+                        f"(line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{annotations_file}: not UTF-8 JSON text: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{annotations_file}: the top level is a JSON {_json_type(data)}, not an object "
+                        "with 'images', 'annotations' and 'categories'")
+    lists = {}
+    for key, fields in _REQUIRED.items():
+        entries = lists[key] = data.get(key, [])
+        if not isinstance(entries, list):
+            raise DataError(f"{annotations_file}: '{key}' is a JSON {_json_type(entries)}, not a list")
+        for i, entry in enumerate(entries):
+            problem = _entry_problem(entry, fields)
+            if problem:
+                ident = f" (id {entry['id']!r})" if isinstance(entry, dict) and "id" in entry else ""
+                raise DataError(f"{annotations_file}: {key}[{i}]{ident} {problem}")
+    return lists
+
+
 def category_mapping(categories: List[dict], num_classes: int, remap_mscoco_category: bool,
                      annotations_file: str = "<json>"):
     """Return (category_id -> label, label -> category_id, label -> name); raise on bad setups."""
     if not categories:
-        raise ValueError(f"{annotations_file}: the 'categories' list is empty; a detection data set "
+        raise DataError(f"{annotations_file}: the 'categories' list is empty; a detection data set "
                          "needs at least one category")
     ids = sorted({int(c["id"]) for c in categories})
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
     if remap_mscoco_category:
         unknown = sorted(set(ids) - set(MSCOCO_CATEGORY_IDS))
         if unknown:
-            raise ValueError(
+            raise DataError(
                 f"{annotations_file}: remap_mscoco_category=True but category ids {unknown} are not "
                 "COCO ids; set remap_mscoco_category=False for a custom data set")
         cat2label = dict(MSCOCO_CATEGORY2LABEL)
@@ -119,7 +194,7 @@ def category_mapping(categories: List[dict], num_classes: int, remap_mscoco_cate
         cat2label = {c: i for i, c in enumerate(ids)}
     needed = max(cat2label[c] for c in ids) + 1
     if num_classes < needed:
-        raise ValueError(
+        raise DataError(
             f"{annotations_file}: num_classes={num_classes} does not cover the data: category ids "
             f"{ids} map to labels 0..{needed - 1} (need num_classes >= {needed})")
     label2cat = {l: c for c, l in cat2label.items()}
@@ -139,7 +214,7 @@ def _unique_images(entries: List[dict], stats: Dict[str, int], annotations_file:
             conflicting.append(iid)
         images[iid] = im
     if conflicting:
-        raise ValueError(f"{annotations_file}: duplicated image ids with different entries: "
+        raise DataError(f"{annotations_file}: duplicated image ids with different entries: "
                          f"{sorted(set(conflicting))[:20]}")
     return images
 
@@ -181,18 +256,17 @@ def load_coco(images_dir: str, annotations_file: str, num_classes: int,
 
     missing: 'drop' (training: drop missing image files with a warning) or 'error'.
     """
-    with open(annotations_file) as f:
-        data = json.load(f)
+    data = read_annotations(annotations_file)
     cat2label, label2cat, label_names = category_mapping(
-        data.get("categories", []), num_classes, remap_mscoco_category, annotations_file)
+        data["categories"], num_classes, remap_mscoco_category, annotations_file)
     stats = dict(duplicate_images=0, orphan_annotations=0, crowd=0, nonfinite=0, degenerate=0,
                  missing_files=0, boxes=0)
-    images = _unique_images(data.get("images", []), stats, annotations_file)
-    unknown = sorted({int(a["category_id"]) for a in data.get("annotations", [])} - set(cat2label))
+    images = _unique_images(data["images"], stats, annotations_file)
+    unknown = sorted({int(a["category_id"]) for a in data["annotations"]} - set(cat2label))
     if unknown:
-        raise ValueError(f"{annotations_file}: annotations use category ids {unknown} that are not "
-                         f"in 'categories' (known: {sorted(cat2label)[:100]})")
-    per_image = _boxes_per_image(data.get("annotations", []), images, cat2label, stats)
+        raise DataError(f"{annotations_file}: annotations use category ids {unknown} that are not "
+                        f"in 'categories' (known: {sorted(cat2label)[:100]})")
+    per_image = _boxes_per_image(data["annotations"], images, cat2label, stats)
 
     files, widths, heights, offsets, boxes, labels = [], [], [], [0], [], []
     missing_list, kept_ids = [], []
@@ -214,7 +288,7 @@ def load_coco(images_dir: str, annotations_file: str, num_classes: int,
         msg = (f"{annotations_file}: {len(missing_list)} image file(s) missing under {images_dir}: "
                f"{missing_list[:10]}")
         if missing == "error":
-            raise FileNotFoundError(msg)
+            raise MissingDataError(msg)
         log.warning(msg + " (dropped)")
     stats["boxes"] = len(boxes)
     return CocoRecords(

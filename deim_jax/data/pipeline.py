@@ -11,7 +11,8 @@ Entry points::
     for batch in build_eval_iterator(config.data, process_index=0, process_count=1): ...
 
 Every function takes the data block ``config.data`` (fields documented in ``configs/defaults.py``)
-and reads its fields directly: a missing field is an error.
+and reads its fields directly: a missing field is an error. The records come from
+``sources.load_split`` unless given.
 
 Train batch: ``image`` [B,H,W,3] float32 in [0,1]; ``boxes`` [B,max_boxes,4] normalized
 cxcywh; ``labels`` [B,max_boxes] int32; ``mask`` [B,max_boxes] bool; plus bookkeeping
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Optional
 
 import numpy as np
@@ -54,38 +54,13 @@ import tensorflow as tf
 
 from deim_jax.data import coco as coco_lib
 from deim_jax.data import transforms as T
+from deim_jax.data.sources import hide_gpus_from_tf, load_split
+from deim_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-_HIDDEN = False
 
-
-def _hide_gpus():
-    global _HIDDEN
-    if not _HIDDEN:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:
-            pass
-        _HIDDEN = True
-
-
-# ----------------------------------------------------------------------------- sources
-
-def load_split(d, split: str, missing: Optional[str] = None) -> coco_lib.CocoRecords:
-    """COCO-format records for ``split`` ('train' or 'val') of the data block ``d`` (``d.<split>``)."""
-    images, ann = d[split].images, d[split].annotations
-    if (not images or not ann) and d.tfds_name:
-        from deim_jax.data import tfds_source
-        images, ann = tfds_source.coco_folder_from_tfds(
-            d.tfds_name, d.data_dir or "", d[f"tfds_{split}_split"], d.tfds_export_dir)
-    if not images or not ann:
-        raise ValueError(f"config.data.{split}.images / .annotations must name a COCO-format set")
-    if not os.path.isfile(ann):
-        raise FileNotFoundError(f"annotation file not found: {ann}")
-    return coco_lib.load_coco(images, ann, int(d.num_classes), bool(d.remap_mscoco_category),
-                              missing=missing or ("drop" if split == "train" else "error"))
-
+# ----------------------------------------------------------------------------- records as tensors
 
 class _Tables:
     """Records as TF constants, for gathers inside tf.data functions."""
@@ -220,15 +195,15 @@ class TrainIterator:
     ``num_dropped_boxes`` (beyond max_boxes), cumulative since construction."""
 
     def __init__(self, d, records, seed, state, process_index, process_count):
-        _hide_gpus()
+        hide_gpus_from_tf()
         self.pc = policy_config(d)
         gb = int(d.batch_size)
         if gb % process_count:
-            raise ValueError(f"batch_size {gb} not divisible by process_count {process_count}")
+            raise ConfigError(f"config.data.batch_size {gb} not divisible by process_count {process_count}")
         self.local_batch = gb // process_count
         self.steps_per_epoch = len(records) // gb
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{records.annotations_file}: {len(records)} images < batch_size {gb}")
+            raise DataError(f"{records.annotations_file}: {len(records)} images < batch_size {gb}")
         self.records, self.seed = records, int(seed)
         self.pi, self.pcount = process_index, process_count
         self.spare = int(d.spare_examples if d.spare_examples is not None else max(self.local_batch, 8))
@@ -335,11 +310,11 @@ def steps_per_epoch(d, records=None) -> int:
 def build_eval_dataset(d, process_index: int = 0, process_count: int = 1, records=None):
     """tf.data.Dataset of local eval batches; every image appears exactly once over all
     processes (``valid`` False on padding and on unreadable files)."""
-    _hide_gpus()
+    hide_gpus_from_tf()
     records = records if records is not None else load_split(d, "val")
     size, max_boxes, gb = int(d.eval_size), int(d.max_boxes), int(d.eval_batch_size)
     if gb % process_count:
-        raise ValueError(f"eval_batch_size {gb} not divisible by process_count {process_count}")
+        raise ConfigError(f"config.data.eval_batch_size {gb} not divisible by process_count {process_count}")
     lb = gb // process_count
     n = len(records)
     nb = int(math.ceil(n / gb))

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from deim_jax.data import coco as coco_lib
+from deim_jax.errors import MissingDataError
 
 
 def _builder(name: str, data_dir: str):
@@ -30,7 +31,7 @@ def _builder(name: str, data_dir: str):
     b = tfds.builder(name, data_dir=data_dir)
     prepared = b.is_prepared() if hasattr(b, "is_prepared") else os.path.isdir(b.data_dir)
     if not prepared:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"TFDS data set {name!r} is not prepared under data_dir={data_dir!r} (looked in "
             f"{b.data_dir}). Prepare it once with `tfds build {name.split('/')[0]} "
             f"--data_dir={data_dir}` (or tfds.builder(...).download_and_prepare()); this pipeline "

@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import jax
 import jax.numpy as jnp
 
-from deim_jax.losses import matching, terms
+from deim_jax.errors import ConfigError
+from deim_jax.losses import matcher, matching, terms
 
 Array = Any
 Terms = Dict[str, Array]
@@ -162,11 +163,14 @@ class Criterion:
         object.__setattr__(self, "weights", tuple(sorted(dict(self.weights).items())))
         unknown = [n for n in self.losses if n not in LOSS_MAP]
         if unknown:
-            raise ValueError(f"unknown losses {unknown}; expected some of {sorted(LOSS_MAP)}")
+            raise ConfigError(f"cfg.loss.losses: unknown losses {unknown}; expected some of {sorted(LOSS_MAP)}")
         w = dict(self.weights)
         missing = [t for n in self.losses for t in LOSS_TERMS[n] if t not in w]
         if missing:
-            raise KeyError(f"no weight for the active loss term(s) {missing} (losses={self.losses})")
+            raise ConfigError(f"cfg.loss.weights: no weight for the active loss term(s) {missing} "
+                              f"(losses={self.losses})")
+        if self.matcher_method not in matcher.METHODS:
+            raise ConfigError(f"cfg.loss.matcher.method={self.matcher_method!r}: not one of {list(matcher.METHODS)}")
 
     def match(self, outputs, targets) -> Dict[str, Array]:
         """All matchings of a step: {'final', 'aux_i', 'pre', 'enc_i', 'union_go', ['dn']} -> [B, Q]."""
@@ -273,7 +277,7 @@ _MATCHER_FIELDS = ("cost_class", "cost_bbox", "cost_giou", "alpha", "gamma", "me
 def _check_fields(c, fields, where):
     unknown = sorted(set(c.keys()) - set(fields))
     if unknown:
-        raise KeyError(f"unknown field(s) {unknown} in {where}; known: {list(fields)}")
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {list(fields)}")
 
 
 def build(cfg, mesh=None) -> Criterion:

@@ -88,7 +88,7 @@ __all__ = ["COST_BOUND", "match_cost", "sanitize_cost", "assign", "assign_sharde
 
 # Finite bound for +-inf / huge costs (well inside float32, far above DETR costs ~O(10)).
 COST_BOUND = 1e10
-_METHODS = ("auto", "device", "scipy")
+METHODS = ("auto", "device", "scipy")  # values of ``method=`` (config: loss.matcher.method)
 
 
 def sanitize_cost(cost, target_mask=None, bound: float = COST_BOUND):
@@ -325,8 +325,8 @@ def _assign_scipy(cost, mask):
 
 
 def _resolve(method: str) -> str:
-    if method not in _METHODS:
-        raise ValueError(f"unknown matcher method {method!r}; expected one of {_METHODS}")
+    if method not in METHODS:
+        raise ValueError(f"unknown matcher method {method!r}; expected one of {METHODS}")
     if method == "auto":
         return "scipy" if jax.default_backend() == "cpu" else "device"
     return method

@@ -4,6 +4,9 @@ of its parameters the optimizer must leave alone.
 Families (``cfg.model.family``): ``dfine`` (HGNetv2 + D-FINE hybrid encoder + D-FINE decoder) and
 ``rtdetrv2`` (PResNet-vd + RT-DETRv2 hybrid encoder + RT-DETRv2 decoder). Images are NHWC float32
 RGB in [0, 1]; boxes normalized cxcywh.
+
+``build`` checks the config before anything is traced: an unknown field, a field value outside
+``CHOICES`` or mismatched channels raise ``deim_jax.errors.ConfigError`` naming the field.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deim_jax.models.deformable_attention import num_points_scale
+from deim_jax.errors import ConfigError
+from deim_jax.models import hgnetv2, presnet
+from deim_jax.models.decoder_common import QUERY_POS_METHODS
+from deim_jax.models.deformable_attention import CROSS_ATTN_METHODS, num_points_scale
 from deim_jax.models.deim import DEIM
 from deim_jax.models.dfine_decoder import DFINETransformer
 from deim_jax.models.hgnetv2 import HGNetv2
-from deim_jax.models.hybrid_encoder import HybridEncoder
+from deim_jax.models.hybrid_encoder import VERSIONS, HybridEncoder
+from deim_jax.models.layers import ACTIVATIONS
 from deim_jax.models.presnet import PResNet
 from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
 from deim_jax.ops.anchors import generate_anchors
@@ -38,20 +45,38 @@ FAMILIES = {
 }
 
 
+_ACTIVATIONS = tuple(sorted(k for k in ACTIVATIONS if k))
+
+# Module fields that select a code path, with their valid values: build() checks them, so a bad
+# value is a ConfigError at start-up, not a traceback from inside jit tracing.
+CHOICES = {
+    HGNetv2: dict(variant=tuple(sorted(hgnetv2.ARCH_CONFIGS))),
+    PResNet: dict(variant=("d",), depth=tuple(sorted(presnet.ARCH)), act=_ACTIVATIONS),
+    HybridEncoder: dict(version=VERSIONS, act=_ACTIVATIONS, enc_act=_ACTIVATIONS),
+    DFINETransformer: dict(activation=_ACTIVATIONS, mlp_act=_ACTIVATIONS),
+    RTDETRTransformerv2: dict(activation=_ACTIVATIONS, mlp_act=_ACTIVATIONS, query_pos_method=QUERY_POS_METHODS,
+                              cross_attn_method=CROSS_ATTN_METHODS, query_select_method=("default",)),
+}
+
+
 def _family(cfg) -> _Family:
     family = cfg.model.family
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r} (config field model.family); known: {sorted(FAMILIES)}")
+        raise ConfigError(f"cfg.model.family={family!r}: unknown model family; known: {sorted(FAMILIES)}")
     return FAMILIES[family]
 
 
 def _kwargs(section, module_cls: type, where: str, skip: Tuple[str, ...] = ()) -> dict:
-    """Config section -> constructor arguments (lists become tuples); an unknown field is an error."""
+    """Config section -> constructor arguments (lists become tuples); an unknown field or a value
+    outside ``CHOICES`` is a ConfigError."""
     known = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
     kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.items() if k not in skip}
     unknown = sorted(set(kw) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} for {module_cls.__name__}; known: {sorted(known)}")
+        raise ConfigError(f"{where}: unknown field(s) {unknown} for {module_cls.__name__}; known: {sorted(known)}")
+    for field, valid in CHOICES.get(module_cls, {}).items():
+        if field in kw and kw[field] not in valid:
+            raise ConfigError(f"{where}.{field}={kw[field]!r}: not one of {list(valid)}")
     return kw
 
 
@@ -60,7 +85,7 @@ def build_backbone(cfg) -> nn.Module:
     fam = _family(cfg)
     section = cfg.model.backbone
     if section.name != fam.backbone_name:
-        raise ValueError(f"cfg.model.backbone.name {section.name!r}: family {cfg.model.family!r} uses "
+        raise ConfigError(f"cfg.model.backbone.name {section.name!r}: family {cfg.model.family!r} uses "
                          f"{fam.backbone_name!r}")
     return fam.backbone(**_kwargs(section, fam.backbone, "cfg.model.backbone", skip=("name",)))
 
@@ -77,7 +102,7 @@ def build(cfg) -> DEIM:
     encoder = HybridEncoder(**_kwargs(cfg.model.encoder, HybridEncoder, "cfg.model.encoder"),
                             eval_spatial_size=tuple(cfg.eval_spatial_size))
     if tuple(encoder.in_channels) != backbone.out_channels:
-        raise ValueError(f"cfg.model.encoder.in_channels {tuple(encoder.in_channels)} differ from the "
+        raise ConfigError(f"cfg.model.encoder.in_channels {tuple(encoder.in_channels)} differ from the "
                          f"backbone's output channels {backbone.out_channels}")
     decoder = fam.decoder(num_classes=cfg.num_classes,
                           **_kwargs(cfg.model.decoder, fam.decoder, "cfg.model.decoder"))

@@ -22,6 +22,8 @@ from deim_jax.ops.anchors import generate_anchors
 from deim_jax.models.layers import BatchNorm, Conv, LayerNorm, MLP, bias_init_with_prob, torch_kernel_init
 from deim_jax.models.layers import xavier_uniform as xavier
 
+QUERY_POS_METHODS = ("default", "as_reg")  # the query-position heads of ``_heads``
+
 DN_META_KEYS = ("num_group", "max_gt", "valid", "positive", "target_index")
 
 
@@ -181,7 +183,7 @@ class QueryDecoder(nn.Module):
         elif query_pos_method == "as_reg":
             pos_head = MLP(d, d, 3, act=self.mlp_act, xavier_layers=(0, 1), name="query_pos_head")
         else:
-            raise ValueError(f"query_pos_method {query_pos_method!r}: choose 'default' or 'as_reg'")
+            raise ValueError(f"query_pos_method {query_pos_method!r}: choose one of {QUERY_POS_METHODS}")
         score = [self._score_head(f"dec_score_head_{i}") for i in range(self.num_layers)]
         bbox = [MLP(d, box_dim, 3, act=self.mlp_act, last_zero=True, name=f"dec_bbox_head_{i}")
                 for i in range(self.num_layers)]

@@ -95,6 +95,7 @@ def split_heads(memory: jax.Array, num_heads: int) -> jax.Array:
 
 
 _TAPS = {"default": bilinear_taps, "discrete": discrete_taps}
+CROSS_ATTN_METHODS = tuple(_TAPS)
 
 
 def deformable_sample(
@@ -112,7 +113,7 @@ def deformable_sample(
     (nearest pixel). Returns [B, Q, nH * hd].
     """
     if method not in _TAPS:
-        raise ValueError(f"cross_attn_method {method!r}: choose 'default' or 'discrete'")
+        raise ValueError(f"cross_attn_method {method!r}: choose one of {CROSS_ATTN_METHODS}")
     b, s, nh, hd = value.shape
     q = loc.shape[1]
     idx_l, w_l = [], []

@@ -29,6 +29,8 @@ import numpy as np
 
 from deim_jax.models.layers import LayerNorm, ConvNorm, MultiheadAttention, get_activation, torch_kernel_init
 
+VERSIONS = ("dfine", "rtdetrv2")  # values of HybridEncoder.version
+
 
 def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int, temperature: float = 10000.0) -> np.ndarray:
     """[1, w*h, embed_dim] float32 table, exactly as the official builder.

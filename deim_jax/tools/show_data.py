@@ -11,7 +11,6 @@ augmented epoch, with Mosaic/MixUp), ``--config.seed`` the random stream.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
 
@@ -28,10 +27,7 @@ def main(argv):
     from deim_jax.data import prepare
 
     config = cli.require_config(_CONFIG)
-    try:
-        prepare.check_or_generate(config.data)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    prepare.check_or_generate(config.data)
     config.data.base_size_repeat = None  # show every sample at the same size
     records = data.load_split(config.data, "train")
     epoch = _EPOCH.value if _EPOCH.value is not None else int(config.data.policy_epochs[0])

@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from deim_jax.errors import ConfigError
+
 
 def schedule_constants(cfg: Any, iters_per_epoch: int, epochs: int) -> dict:
     """Resolved constants ``{name, warmup_iter, first_step_divisor}`` plus, for ``flatcosine``,
@@ -50,7 +52,7 @@ def schedule_constants(cfg: Any, iters_per_epoch: int, epochs: int) -> dict:
             no_aug_iter=int(iters_per_epoch) * int(cfg["no_aug_epoch"]),
         )
     elif name not in ("linear_warmup", "constant"):
-        raise ValueError(f"unknown schedule {name!r} (config field schedule.name)")
+        raise ConfigError(f"cfg.schedule.name={name!r}: not one of ['flatcosine', 'linear_warmup', 'constant']")
     return out
 
 
