@@ -8,12 +8,15 @@ checkpoint), ``eval`` (COCO AP of the latest checkpoint's EMA weights, or of
 (detections on one image, with ``--weights`` from an official .pth or random weights).
 
 A mistake in the input (config field, data, flag, ``--workdir`` not writable) ends the run with
-one ``error: ...`` line and exit status 2 (``deim_jax.cli.run``), at start-up.
+one ``error: ...`` line and exit status 2 (``deim_jax.cli.run``), at start-up. A run that stops on a
+non-finite loss or a checkpoint that cannot be saved (or none that can be read) ends with one
+``error: ...`` line and status 1; its checkpoints are intact.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
@@ -30,13 +33,16 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.p
 def _train_or_eval(cfg, mode: str, workdir: str) -> None:
     cli.writable_folder(workdir, "--workdir")  # checked before the slow imports
     from deim_jax.data import prepare
-    from deim_jax.train import loop
+    from deim_jax.train import checkpoints, loop
 
     prepare.check_or_generate(cfg.data)
-    if mode == "train":
-        metrics = loop.train_and_evaluate(cfg, workdir)
-    else:
-        metrics = loop.evaluate_checkpoint(cfg, workdir)
+    try:
+        if mode == "train":
+            metrics = loop.train_and_evaluate(cfg, workdir)
+        else:
+            metrics = loop.evaluate_checkpoint(cfg, workdir)
+    except (loop.NonFiniteLoss, checkpoints.CheckpointError) as e:
+        sys.exit(f"error: {e}")  # the run stopped with its checkpoints intact; status 1
     if metrics:
         print(f"final AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}); results in {workdir}/eval.jsonl")
 
