@@ -32,7 +32,7 @@ otherwise.
 
 Appends a row to ``benchmarks/results/memory_growth_<platform>.md`` (or ``--out``) with date,
 device and versions, plus an RSS-vs-step table, and writes the raw samples next to it as
-``<out>_<mode>.json``.
+``<out>_<mode>.json`` (the 1-second samples thinned if the file would pass ~48 KB).
 """
 
 from __future__ import annotations
@@ -287,11 +287,16 @@ def main(argv):
         f.write(f"\nRSS vs step, mode {mode}, {_TRAIN_IMAGES.value} train images, {desc} "
                 f"(`python benchmarks/memory_growth.py {' '.join(sys.argv[1:])}`):\n\n")
         f.write("\n".join(series_table(sampler.at_steps, max(total // 10, 1))) + "\n")
+    raw = dict(device=desc, command=sys.argv, results=r, columns=["seconds", "step", "rss_mib"],
+               at_steps=sampler.at_steps, timed=sampler.timed, timed_every=1,
+               gc2_columns=["seconds", "step", "rss_mib_before", "rss_mib_after"], gc2=sampler.gc2)
+    text = json.dumps(raw, separators=(",", ":"))
+    while len(text) > 48_000 and raw["timed_every"] < 64:  # keep the raw file small: thin the timed samples
+        raw["timed_every"] *= 2
+        raw["timed"] = sampler.timed[::raw["timed_every"]]
+        text = json.dumps(raw, separators=(",", ":"))
     with open(f"{os.path.splitext(out)[0]}_{mode}.json", "w") as f:
-        json.dump(dict(device=desc, command=sys.argv, results=r, columns=["seconds", "step", "rss_mib"],
-                       at_steps=sampler.at_steps, timed=sampler.timed,
-                       gc2_columns=["seconds", "step", "rss_mib_before", "rss_mib_after"], gc2=sampler.gc2),
-                  f, separators=(",", ":"))
+        f.write(text)
     if not _WORKDIR.value:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"growth after warm-up {r['growth_pct']:+.2f}% (fit {r['fit_growth_pct']:+.2f}%), "
