@@ -15,7 +15,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache as cache
 
 from benchmarks.kill_resume import LIGHT, command, environment, kill_and_resume
-from tests.train_helpers import tiny_config, tiny_dataset
+from tests.train_helpers import free_port, tiny_config, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,16 +35,8 @@ def test_sigkill_in_a_save_and_a_step_and_sigterm_then_same_command_ends_bit_ide
     assert r["runs"] == 1 and r["differences"] == []
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(root, workdir, epochs, **env):
-    port, data = _free_port(), tiny_dataset(os.path.join(root, "data"))
+    port, data = free_port(), tiny_dataset(os.path.join(root, "data"))
     base = environment(os.path.join(root, "xla_cache"))
     # evaluation only at the end (never reached): the test is about stopping, not AP
     cmd = command(data, workdir, epochs, (*LIGHT, "--config.eval_every_epochs=100"))

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from tests.train_helpers import tiny_dataset
+from tests.train_helpers import free_port, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,13 +27,6 @@ def _run(devices, root, out):
     assert r.returncode == 0, r.stderr[-4000:]
     return np.load(out)
 
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Tolerances. The runs execute the same math with the batch reductions (BatchNorm statistics, the
@@ -85,7 +78,7 @@ def test_eight_devices_equal_one(tmp_path):
     assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
     _compare(eight, one)
     # Two processes on localhost (jax.distributed, gloo collectives), one device each.
-    port = _free_port()
+    port = free_port()
     out = str(tmp_path / "two.npz")
     procs = [subprocess.Popen([sys.executable, "-m", "tests.multidevice_step", root, out], cwd=REPO,
                               env=_env(1, DEIM_COORDINATOR=f"127.0.0.1:{port}", DEIM_NUM_PROCESSES="2",

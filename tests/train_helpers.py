@@ -1,6 +1,7 @@
 """A tiny training config on a tiny generated data set, shared by the training tests."""
 
 import os
+import socket
 
 from deim_jax import configs
 from deim_jax.data import demo
@@ -42,3 +43,10 @@ def tiny_config(root: str, epochs: int = 1, batch_size: int = 4):
     c.schedule.warmup_iter = 2
     c.ema.warmups = 2
     return c
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a jax.distributed coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
