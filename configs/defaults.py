@@ -110,14 +110,18 @@ def optimizer(*, lr: float, weight_decay: float, groups: Sequence[dict]) -> ml_c
 
 def schedule(name: str, *, warmup_iter: int, first_step_divisor: float, flat_epoch: int = 0,
              no_aug_epoch: int = 0, lr_gamma: float = 1.0) -> ml_collections.ConfigDict:
-    """Learning-rate schedule: 'flatcosine' (DEIM), 'linear_warmup' (D-FINE) or 'constant'."""
-    return _locked(dict(name=name, warmup_iter=warmup_iter, flat_epoch=flat_epoch, no_aug_epoch=no_aug_epoch,
-                        lr_gamma=lr_gamma, first_step_divisor=first_step_divisor))
+    """Learning-rate schedule: 'flatcosine' (DEIM), 'linear_warmup' (D-FINE) or 'constant'.
+    ``warmup_epochs`` (None: use ``warmup_iter``) gives the warm-up in epochs instead."""
+    return _locked(dict(name=name, warmup_iter=warmup_iter, warmup_epochs=FieldReference(None, field_type=float),
+                        flat_epoch=flat_epoch, no_aug_epoch=no_aug_epoch, lr_gamma=lr_gamma,
+                        first_step_divisor=first_step_divisor))
 
 
 def ema(*, warmups: int, restart_decay: float = 0.9999) -> ml_collections.ConfigDict:
-    """Model EMA of parameters and batch statistics (deim_dfine.md §9.4)."""
-    return _locked(dict(enabled=True, decay=0.9999, warmups=warmups, restart_decay=restart_decay))
+    """Model EMA of parameters and batch statistics (deim_dfine.md §9.4); ``warmup_epochs`` (None:
+    use ``warmups``, in updates) gives the warm-up in epochs instead."""
+    return _locked(dict(enabled=True, decay=0.9999, warmups=warmups, warmup_epochs=FieldReference(None, field_type=float),
+                        restart_decay=restart_decay))
 
 
 def _data(c: ml_collections.ConfigDict, *, batch_size, eval_batch_size: int,

@@ -14,6 +14,15 @@ import jax.numpy as jnp
 import optax
 
 
+def warmup_updates(ema_cfg, steps_per_epoch: int) -> float:
+    """The warm-up in updates: ``ema_cfg.warmup_epochs * steps_per_epoch`` when that is set (at
+    least 1), else ``ema_cfg.warmups``."""
+    epochs = ema_cfg.get("warmup_epochs")
+    if epochs is None:
+        return float(ema_cfg.warmups)
+    return max(1.0, float(epochs) * int(steps_per_epoch))
+
+
 def ema_decay(updates, decay: float = 0.9999, warmups: float = 1000.0):
     """Decay of the ``updates``-th EMA update (1-based), float32; ``-expm1`` keeps small values accurate."""
     u = jnp.asarray(updates).astype(jnp.float32)

@@ -133,6 +133,7 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
     sharding.maybe_initialize_distributed()
     with sharding.fail_fast_across_processes():
         _write_config(cfg, workdir)
+        schedule.warn_on_phases_past_the_end(cfg)
         mesh = sharding.make_mesh()
         sharding.check_batch_size(cfg.batch_size, mesh)
         train_records, val_records = data_lib.load_split(cfg.data, "train"), data_lib.load_split(cfg.data, "val")

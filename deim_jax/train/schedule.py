@@ -7,7 +7,8 @@
            = lr_min                                              it >= T - A         (no-aug phase)
            = lr_min + (lr0 - lr_min) * 0.5 * (1 + cos(pi * (it - F) / (T - F - A)))   otherwise
 
-with ``T = epochs * iters``, ``F = flat_epoch * iters``, ``A = no_aug_epoch * iters``, ``Wu = warmup_iter``.
+with ``T = epochs * iters``, ``F = flat_epoch * iters``, ``A = no_aug_epoch * iters``, ``Wu = warmup_iter``
+(or ``round(warmup_epochs * iters)`` when ``warmup_epochs`` is set).
 
 Quirk: the official loop steps the scheduler *after* the optimizer step, so the optimizer step of
 iteration ``t`` uses ``lr(t - 1)``; the very first step (``t = 0``) uses ``lr0 / D`` where ``D`` is
@@ -23,12 +24,35 @@ All functions are ``jnp`` and work on traced (jit) integer steps. Values are flo
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable
 
 import jax.numpy as jnp
 
 from deim_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def warn_on_phases_past_the_end(cfg: Any) -> None:
+    """Log a warning when the run's epochs end before its phases do (e.g. ``--config.epochs`` set
+    lower without scaling the recipe's phase epochs): augmentation would never stop, stage 2 never run."""
+    epochs, stop = int(cfg.epochs), int(cfg.data.stop_epoch)
+    if stop >= epochs:
+        log.warning("config.data.stop_epoch=%d >= config.epochs=%d: augmentation runs to the last epoch, the "
+                    "no-augmentation phase and stage 2 never start (scale the phases with the epochs; "
+                    "configs/finetune_dfine.py does: --config=configs/finetune_dfine.py:s,epochs=%d)",
+                    stop, epochs, epochs)
+
+
+def warmup_iters(cfg: Any, iters_per_epoch: int) -> int:
+    """``warmup_epochs * iters_per_epoch`` (rounded, at least 1) when ``warmup_epochs`` is set, else
+    ``warmup_iter``: a warm-up in epochs keeps its length on a data set of any size."""
+    epochs = cfg.get("warmup_epochs")
+    if epochs is None:
+        return int(cfg["warmup_iter"])
+    return max(1, round(float(epochs) * int(iters_per_epoch)))
 
 
 def schedule_constants(cfg: Any, iters_per_epoch: int, epochs: int) -> dict:
@@ -43,7 +67,7 @@ def schedule_constants(cfg: Any, iters_per_epoch: int, epochs: int) -> dict:
     name = cfg["name"]
     out = dict(name=name, first_step_divisor=float(cfg["first_step_divisor"]))
     if name in ("flatcosine", "linear_warmup"):
-        out["warmup_iter"] = int(cfg["warmup_iter"])
+        out["warmup_iter"] = warmup_iters(cfg, iters_per_epoch)
     if name == "flatcosine":
         out.update(
             lr_gamma=float(cfg["lr_gamma"]),

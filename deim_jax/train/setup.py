@@ -58,7 +58,7 @@ def setup(cfg, mesh: Optional[jax.sharding.Mesh] = None, steps_per_epoch: int = 
     shapes = models.init_shapes(model, cfg)["params"]
     tx = optimizer.build_optimizer(cfg, shapes, steps_per_epoch, frozen=frozen)
     repl, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(model, criterion, tx, cfg), in_shardings=(repl, batch),
+    train_step = jax.jit(make_train_step(model, criterion, tx, cfg, steps_per_epoch), in_shardings=(repl, batch),
                          out_shardings=(repl, repl), donate_argnums=(0,))
     predict_step = jax.jit(make_predict_step(model, cfg), in_shardings=(repl, batch), out_shardings=batch)
     s = Setup(cfg=cfg, mesh=mesh, steps_per_epoch=int(steps_per_epoch), model=model, criterion=criterion,

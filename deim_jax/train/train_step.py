@@ -56,10 +56,13 @@ def _cast_floats(tree, dtype):
     return jax.tree_util.tree_map(cast, tree)
 
 
-def make_train_step(model, criterion: Callable, tx: optax.GradientTransformation, cfg) -> Callable:
-    """``train_step(state, batch) -> (state, metrics)``; batch = {image, boxes, labels, mask}."""
+def make_train_step(model, criterion: Callable, tx: optax.GradientTransformation, cfg,
+                    steps_per_epoch: int = 1) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``; batch = {image, boxes, labels, mask}.
+    ``steps_per_epoch`` resolves ``cfg.ema.warmup_epochs``."""
     compute_dtype = jnp.dtype(cfg.compute_dtype)
     ema_cfg = cfg.ema
+    ema_warmups = ema_lib.warmup_updates(ema_cfg, steps_per_epoch)
     skip_nonfinite = bool(cfg.skip_nonfinite_steps)
 
     def train_step(state: TrainState, batch: Dict[str, jax.Array]):
@@ -87,7 +90,7 @@ def make_train_step(model, criterion: Callable, tx: optax.GradientTransformation
         params = optax.apply_updates(state.params, updates)
         step = state.step + 1
         if ema_cfg.enabled:
-            decay = ema_lib.ema_decay(step, ema_cfg.decay, ema_cfg.warmups)
+            decay = ema_lib.ema_decay(step, ema_cfg.decay, ema_warmups)
             ema_params = ema_lib.ema_apply(state.ema_params, params, decay)
             ema_batch_stats = ema_lib.ema_apply(state.ema_batch_stats, batch_stats, decay)
         else:
