@@ -46,6 +46,7 @@ image unreadable and no ``<size>``          as a missing file: train: dropped wi
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -135,13 +136,7 @@ def load_voc(root: str, split: str, num_classes: int, names: Sequence[str] = (),
     empty for the sorted names found in Annotations/); see the module docstring."""
     list_file, images_dir, ann_dir = locate(os.path.abspath(root), split)
     vids, duplicates = _read_ids(list_file)
-    xmls: Dict[str, tuple] = {}  # path -> read_xml(path), each file read once
-
-    def objects_and_size(path):
-        if path not in xmls:
-            xmls[path] = read_xml(path)
-        return xmls[path]
-
+    objects_and_size = functools.lru_cache(maxsize=None)(read_xml)  # each XML read once
     classes = list(names) or sorted({o[0] for f in sorted(os.listdir(ann_dir)) if f.endswith(".xml")
                                      for o in objects_and_size(os.path.join(ann_dir, f))[0]})
     label = {n: i for i, n in enumerate(classes)}
