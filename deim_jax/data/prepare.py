@@ -26,7 +26,7 @@ def _demo_missing(d, fmt: str, splits, root: str) -> bool:
     if fmt == "yolo":
         return yolo.names_file(root) is None
     if fmt == "voc":
-        return not all(os.path.isfile(os.path.join(root, "ImageSets", "Main", f"{d[s].split}.txt")) for s in splits)
+        return not all(os.path.isfile(voc.split_list(root, d[s].split)) for s in splits)
     return not all(os.path.isfile(d[s].annotations) for s in splits)
 
 

@@ -65,6 +65,10 @@ def is_voc(root: str) -> bool:
     return all(os.path.isdir(os.path.join(root, sub)) for sub in ("Annotations", "JPEGImages"))
 
 
+def split_list(root: str, split: str) -> str:
+    return os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+
+
 def locate(root: str, split: str) -> Tuple[str, str, str]:
     """(split list, JPEGImages folder, Annotations folder) of the set at ``root``."""
     for sub in ("JPEGImages", "Annotations"):
@@ -72,7 +76,7 @@ def locate(root: str, split: str) -> Tuple[str, str, str]:
             raise MissingDataError(
                 f"config.data.root = {root!r} has no {sub}/ folder: a VOC set is a folder with "
                 "JPEGImages/, Annotations/ and ImageSets/Main/<split>.txt")
-    ids = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    ids = split_list(root, split)
     if not os.path.isfile(ids):
         raise MissingDataError(f"{ids} does not exist: it lists the ids of the {split!r} split "
                                "(config.data.<train|val>.split)")
