@@ -2,13 +2,25 @@
 
 A recipe file builds ``c = run(...)`` and fills ``c.loss = loss(...)``, ``c.optimizer =
 optimizer(...)``, ``c.schedule = schedule(...)``, ``c.ema = ema(...)``, ``c.data = coco_data(...)``
-(or ``demo_data`` / ``tfds_data``). Blocks are locked: setting a field that a block does not have
-(``c.data.mosiac_prob = 0.3``, ``--config.optimzer.lr=1``) is an error naming the field, and the
-code reads every field directly, so nothing silently falls back to a default.
+(or ``yolo_data`` / ``voc_data`` / ``demo_data`` / ``tfds_data``). Blocks are locked: setting a
+field that a block does not have (``c.data.mosiac_prob = 0.3``, ``--config.optimzer.lr=1``) is an
+error naming the field, and the code reads every field directly, so nothing silently falls back
+to a default.
 
 Data fields (``config.data``, read by ``deim_jax.data``):
+  format                             'auto' (detected from root / the annotations, one log line
+                                     says what: deim_jax.data.formats), 'coco', 'yolo', 'voc',
+                                     'tfds'
   train.images / train.annotations   COCO-format image folder and instances json (training)
   val.images / val.annotations       same for evaluation
+  root                               yolo: the folder with data.yaml (or classes.txt, images/,
+                                     labels/), or the yaml file; voc: the folder with
+                                     JPEGImages/, Annotations/, ImageSets/Main/ (the
+                                     images/annotations fields are not read); the demo set's folder
+  train.split / val.split            yolo: the data.yaml key (or images/<split>/ folder); voc:
+                                     ImageSets/Main/<split>.txt ('train' / 'val'; e.g. 'test')
+  voc_classes                        voc: the class names in label order (empty: the sorted
+                                     names found in Annotations/)
   tfds_name / data_dir               TFDS alternative (e.g. 'coco/2017'), used when the folders
                                      are empty: the prepared builder is exported once to a COCO
                                      folder (never downloads)
@@ -33,7 +45,7 @@ Data fields (``config.data``, read by ``deim_jax.data``):
                                      an unreadable one skipped when met (counted); True: every
                                      train/val image is read and decoded once at start-up and
                                      any missing or unreadable one is an error listing them
-  root, generate_demo                demo only: folder of the demo set; write it if missing
+  generate_demo                      write the demo set into root (in ``format``) if missing
 """
 
 from __future__ import annotations
@@ -128,8 +140,10 @@ def _data(c: ml_collections.ConfigDict, *, batch_size, eval_batch_size: int,
           base_size_repeat: Optional[int], policy_epochs, mixup_epochs, stop_epoch: int) -> ml_collections.ConfigDict:
     """The data block with every field; ``c`` (the run) supplies the shared references."""
     return _locked(dict(
-        train=dict(images="", annotations=""),
-        val=dict(images="", annotations=""),
+        format="auto",
+        train=dict(images="", annotations="", split="train"),
+        val=dict(images="", annotations="", split="val"),
+        voc_classes=(),
         tfds_name=FieldReference(None, field_type=str),
         data_dir=FieldReference(None, field_type=str),
         tfds_train_split="train",
@@ -169,6 +183,23 @@ def coco_data(c: ml_collections.ConfigDict, *, eval_batch_size: int, base_size_r
     d.train.annotations = f"{root}/annotations/instances_train2017.json"
     d.val.images = f"{root}/val2017"
     d.val.annotations = f"{root}/annotations/instances_val2017.json"
+    return d
+
+
+def yolo_data(c: ml_collections.ConfigDict, root: str, **schedule) -> ml_collections.ConfigDict:
+    """A YOLO set (Ultralytics layout) at ``root``: a folder with data.yaml, or the yaml file
+    (``deim_jax.data.yolo``); ``schedule``: the keyword arguments of ``coco_data`` but ``root``.
+    Set ``c.remap_mscoco_category = False`` and ``c.num_classes``."""
+    d = _data(c, batch_size=c.get_ref("batch_size"), **schedule)
+    d.format, d.root = "yolo", root
+    return d
+
+
+def voc_data(c: ml_collections.ConfigDict, root: str, **schedule) -> ml_collections.ConfigDict:
+    """A Pascal VOC set at ``root`` (JPEGImages/, Annotations/, ImageSets/Main/;
+    ``deim_jax.data.voc``), splits ``train`` / ``val``; ``schedule`` as for ``yolo_data``."""
+    d = _data(c, batch_size=c.get_ref("batch_size"), **schedule)
+    d.format, d.root = "voc", root
     return d
 
 

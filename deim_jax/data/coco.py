@@ -1,7 +1,8 @@
 """COCO-format annotation loading, category mapping and input validation.
 
 ``load_coco(images_dir, annotations_file, num_classes, remap_mscoco_category)``
-reads an ``instances_*.json`` (COCO or any custom set in COCO format) and returns a
+reads an ``instances_*.json`` (COCO or any custom set in COCO format), or takes the same dict
+already in memory (``dataset=``: the YOLO and VOC readers build one), and returns a
 ``CocoRecords``: one entry per image id (sorted ascending, like the official
 ``CocoDetection``), with boxes as absolute-pixel **xyxy** float32 already clamped to
 the image and contiguous int32 labels, stored ragged (``box_offsets``) so a
@@ -10,7 +11,8 @@ the image and contiguous int32 labels, stored ragged (``box_offsets``) so a
 Bad input (the behaviour of every case; tests in ``tests/test_data_coco.py`` and
 ``tests/test_data_pipeline.py``). Every error is raised before training, is a
 ``deim_jax.errors.UserError`` (one ``error:`` line on the command line, exit status 2) and names
-the file:
+the file. The YOLO and VOC readers build this dict in memory and pass it through the same checks
+(``load_coco(..., dataset=)``); their own rows are tables in ``deim_jax.data.yolo`` and ``.voc``:
 
 ==========================================  =====================================================
 input                                       behaviour
@@ -94,6 +96,7 @@ class CocoRecords:
     category_names: Dict[int, str]
     stats: Dict[str, int]
     annotations_file: str = ""
+    source_format: str = "coco"  # 'coco': annotations_file is the json the evaluator reads; 'yolo', 'voc'
 
     def __len__(self):
         return len(self.image_ids)
@@ -114,6 +117,20 @@ class CocoRecords:
             self, file_names=self.file_names[idx], image_ids=self.image_ids[idx],
             widths=self.widths[idx], heights=self.heights[idx], box_offsets=offsets,
             boxes=self.boxes[sel].reshape(-1, 4), labels=self.labels[sel], stats=dict(self.stats))
+
+    def as_coco_dict(self) -> dict:
+        """The records as a COCO-format dict (``bbox`` xywh pixels, category ids, ``area``,
+        ``iscrowd`` 0): the evaluation ground truth of a set that has no COCO json."""
+        images = [{"id": int(i), "width": int(w), "height": int(h)}
+                  for i, w, h in zip(self.image_ids, self.widths, self.heights)]
+        image_of_box = np.repeat(self.image_ids, np.diff(self.box_offsets))
+        xywh = np.concatenate([self.boxes[:, :2], self.boxes[:, 2:] - self.boxes[:, :2]], 1).tolist()
+        annotations = [{"id": k + 1, "image_id": int(i), "category_id": self.label_to_category[int(l)],
+                        "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                       for k, (i, l, b) in enumerate(zip(image_of_box, self.labels, xywh))]
+        categories = [{"id": c, "name": self.category_names.get(l, str(c))}
+                      for l, c in sorted(self.label_to_category.items())]
+        return {"images": images, "annotations": annotations, "categories": categories}
 
 
 # The fields every entry of a list needs: an integer (``int()`` of it works) except file_name.
@@ -159,6 +176,12 @@ def read_annotations(annotations_file: str) -> Dict[str, list]:
                         f"(line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{annotations_file}: not UTF-8 JSON text: {e}") from None
+    return check_lists(data, annotations_file)
+
+
+def check_lists(data, annotations_file: str) -> Dict[str, list]:
+    """The three lists of a COCO-format dict, each entry checked (``annotations_file`` names the
+    source in the messages)."""
     if not isinstance(data, dict):
         raise DataError(f"{annotations_file}: the top level is a JSON {_json_type(data)}, not an object "
                         "with 'images', 'annotations' and 'categories'")
@@ -251,12 +274,15 @@ def _boxes_per_image(annotations: List[dict], images: Dict[int, dict], cat2label
 
 def load_coco(images_dir: str, annotations_file: str, num_classes: int,
               remap_mscoco_category: bool = False, check_files: bool = True,
-              missing: str = "drop") -> CocoRecords:
+              missing: str = "drop", dataset: Optional[dict] = None,
+              source_format: str = "coco") -> CocoRecords:
     """Read a COCO-format json; see the module docstring for the handling of bad input.
 
     missing: 'drop' (training: drop missing image files with a warning) or 'error'.
+    dataset: the COCO-format dict itself (read instead of the json, with the same checks);
+    ``annotations_file`` then only names the source in messages, ``source_format`` says what it is.
     """
-    data = read_annotations(annotations_file)
+    data = read_annotations(annotations_file) if dataset is None else check_lists(dataset, annotations_file)
     cat2label, label2cat, label_names = category_mapping(
         data["categories"], num_classes, remap_mscoco_category, annotations_file)
     stats = dict(duplicate_images=0, orphan_annotations=0, crowd=0, nonfinite=0, degenerate=0,
@@ -297,4 +323,4 @@ def load_coco(images_dir: str, annotations_file: str, num_classes: int,
         box_offsets=np.asarray(offsets, np.int64),
         boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int32),
         label_to_category=label2cat, category_names=label_names, stats=stats,
-        annotations_file=annotations_file)
+        annotations_file=annotations_file, source_format=source_format)

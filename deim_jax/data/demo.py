@@ -1,10 +1,12 @@
-"""Deterministic generator of a small COCO-format demo data set (no download needed).
+"""Deterministic generator of a small demo data set (no download needed), in COCO, YOLO or VOC layout.
 
-``python -m deim_jax.data.demo --out DIR [--num-train 256] [--num-val 64] [--seed 0]``
-writes::
+``python -m deim_jax.data.demo --out DIR [--format coco|yolo|voc] [--num_train 256] [--num_val 64]
+[--seed 0]`` writes the same images and boxes in the layout of each format::
 
-    DIR/train/000000000001.jpg ...        DIR/annotations/instances_train.json
-    DIR/val/000000100001.jpg ...          DIR/annotations/instances_val.json
+    coco  DIR/train/000000000001.jpg ...   DIR/annotations/instances_train.json
+          DIR/val/000000100001.jpg ...     DIR/annotations/instances_val.json
+    yolo  DIR/images/{train,val}/*.jpg     DIR/labels/{train,val}/*.txt   DIR/data.yaml
+    voc   DIR/JPEGImages/*.jpg             DIR/Annotations/*.xml          DIR/ImageSets/Main/{train,val}.txt
 
 Images are 64..256 px (random width and height) with a textured background (noise,
 stripes or a gradient) and 1..6 filled shapes of 4 classes: ``square`` (id 1),
@@ -12,6 +14,8 @@ stripes or a gradient) and 1..6 filled shapes of 4 classes: ``square`` (id 1),
 contiguous mapping matter). Each class has its own hue (jittered), so that a small
 model trained from scratch on a CPU learns it within minutes. Boxes are the tight pixel extent of each visible shape
 (shapes do not overlap), so a transformed box can be checked against the pixels.
+YOLO class indices are the contiguous labels of the COCO json (square 0, circle 1, triangle 2,
+cross 3); VOC boxes are 1-based inclusive (``xmin = x + 1``, ``xmax = x + w``).
 Same seed -> byte-identical files. A few hundred images take a few seconds.
 """
 
@@ -20,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import xml.etree.ElementTree as ET
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
 # Base colour per category (RGB); each shape is jittered around it.
@@ -94,18 +100,25 @@ def make_image(rng):
     return img, anns
 
 
-def write_split(out, split, num, seed, first_id):
+def _samples(split, num, seed, first_id):
+    """(image id, PIL image, [(category_id, [x, y, w, h])]) of each image of the split."""
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    for k in range(num):
+        yield (first_id + k, *make_image(rng))
+
+
+def _stem(iid):
+    return f"{iid:012d}"
+
+
+def _write_coco(out, split, samples):
     os.makedirs(os.path.join(out, split), exist_ok=True)
     images, annotations = [], []
-    for k in range(num):
-        iid = first_id + k
-        img, anns = make_image(rng)
-        name = f"{iid:012d}.jpg"
-        img.save(os.path.join(out, split, name), quality=92)
-        images.append({"id": iid, "file_name": name, "width": img.width, "height": img.height})
+    for iid, img, anns in samples:
+        img.save(os.path.join(out, split, _stem(iid) + ".jpg"), quality=92)
+        images.append({"id": iid, "file_name": _stem(iid) + ".jpg", "width": img.width, "height": img.height})
         for cat, bb in anns:
-            annotations.append({"id": len(annotations) + 1 + first_id * 10, "image_id": iid,
+            annotations.append({"id": len(annotations) + 1 + images[0]["id"] * 10, "image_id": iid,
                                 "category_id": cat, "bbox": bb, "area": float(bb[2] * bb[3]),
                                 "iscrowd": 0})
     os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
@@ -115,22 +128,88 @@ def write_split(out, split, num, seed, first_id):
     return path
 
 
-def generate(out: str, num_train: int = 256, num_val: int = 64, seed: int = 0) -> dict:
-    """Write the demo set under ``out``; returns the paths (for ``demo_data_config``)."""
-    tr = write_split(out, "train", num_train, seed, 1)
-    va = write_split(out, "val", num_val, seed, 100001)
-    return {"train_images": os.path.join(out, "train"), "train_annotations": tr,
-            "val_images": os.path.join(out, "val"), "val_annotations": va}
+def _write_yolo(out, split, samples):
+    index = {c["id"]: i for i, c in enumerate(CATEGORIES)}
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(out, sub, split), exist_ok=True)
+    for iid, img, anns in samples:
+        img.save(os.path.join(out, "images", split, _stem(iid) + ".jpg"), quality=92)
+        W, H = img.size
+        lines = [f"{index[cat]} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}\n"
+                 for cat, (x, y, w, h) in anns]
+        with open(os.path.join(out, "labels", split, _stem(iid) + ".txt"), "w") as f:
+            f.writelines(lines)
+    path = os.path.join(out, "data.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump({"train": "images/train", "val": "images/val", "nc": len(CATEGORIES),
+                        "names": [c["name"] for c in CATEGORIES]}, f, sort_keys=False)
+    return path
+
+
+def _voc_xml(iid, img, anns):
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = _stem(iid) + ".jpg"
+    size = ET.SubElement(root, "size")
+    for tag, v in (("width", img.width), ("height", img.height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(v)
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    for cat, (x, y, w, h) in anns:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = names[cat]
+        ET.SubElement(obj, "difficult").text = "0"
+        box = ET.SubElement(obj, "bndbox")
+        for tag, v in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
+            ET.SubElement(box, tag).text = str(v)
+    ET.indent(root)
+    return ET.tostring(root) + b"\n"
+
+
+def _write_voc(out, split, samples):
+    for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    ids = []
+    for iid, img, anns in samples:
+        ids.append(_stem(iid))
+        img.save(os.path.join(out, "JPEGImages", ids[-1] + ".jpg"), quality=92)
+        with open(os.path.join(out, "Annotations", ids[-1] + ".xml"), "wb") as f:
+            f.write(_voc_xml(iid, img, anns))
+    path = os.path.join(out, "ImageSets", "Main", f"{split}.txt")
+    with open(path, "w") as f:
+        f.writelines(i + "\n" for i in ids)
+    return path
+
+
+_WRITERS = {"coco": _write_coco, "yolo": _write_yolo, "voc": _write_voc}
+
+
+def write_split(out, split, num, seed, first_id, format="coco"):
+    """Write one split in ``format``; returns its annotation file (json, data.yaml or split list)."""
+    return _WRITERS[format](out, split, _samples(split, num, seed, first_id))
+
+
+def _images_dir(out, split, format):
+    return {"coco": os.path.join(out, split), "yolo": os.path.join(out, "images", split),
+            "voc": os.path.join(out, "JPEGImages")}[format]
+
+
+def generate(out: str, num_train: int = 256, num_val: int = 64, seed: int = 0, format: str = "coco") -> dict:
+    """Write the demo set under ``out`` in ``format``; returns its paths."""
+    tr = write_split(out, "train", num_train, seed, 1, format)
+    va = write_split(out, "val", num_val, seed, 100001, format)
+    return {"root": out, "train_images": _images_dir(out, "train", format), "train_annotations": tr,
+            "val_images": _images_dir(out, "val", format), "val_annotations": va}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--num-train", type=int, default=256)
-    p.add_argument("--num-val", type=int, default=64)
+    p.add_argument("--format", choices=sorted(_WRITERS), default="coco")
+    p.add_argument("--num-train", "--num_train", type=int, default=256)
+    p.add_argument("--num-val", "--num_val", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    paths = generate(a.out, a.num_train, a.num_val, a.seed)
+    paths = generate(a.out, a.num_train, a.num_val, a.seed, a.format)
     print(json.dumps(paths, indent=1))
 
 

@@ -1,5 +1,6 @@
 """The records of a split: ``load_split(config.data, 'train' | 'val')`` reads the split's COCO-format
-folder (or the TFDS export of ``tfds_name``) into ``coco.CocoRecords``.
+folder (or the TFDS export of ``tfds_name``), or the YOLO or VOC set of ``config.data.root``
+(``formats.detect`` says which), into ``coco.CocoRecords``.
 
 With ``config.data.strict_files`` every image file of the split is read and decoded once, with
 the pipeline's own decoder (``transforms.decode_image``, in parallel with tf.data), and any file
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from deim_jax.data import coco as coco_lib
+from deim_jax.data import formats, voc, yolo
 from deim_jax.data import transforms as T
 from deim_jax.errors import ConfigError, DataError, MissingDataError
 
@@ -41,12 +43,25 @@ def hide_gpus_from_tf():
 
 
 def load_split(d, split: str, missing: Optional[str] = None) -> coco_lib.CocoRecords:
-    """COCO-format records for ``split`` ('train' or 'val') of the data block ``d`` (``d.<split>``).
+    """Records for ``split`` ('train' or 'val') of the data block ``d`` (``d.<split>``).
 
     ``missing``: what to do with missing image files ('drop' or 'error'; default: 'drop' for
     train, 'error' for val); ignored with ``d.strict_files`` (every bad file is an error)."""
+    fmt = formats.detect(d)
+    missing = missing or ("drop" if split == "train" else "error")
+    read = _read_folder_set if fmt in ("yolo", "voc") else _read_coco
+    records, images = read(d, fmt, split, missing)
+    if d.strict_files:
+        check_files(records, images, split)
+    return records
+
+
+def _read_coco(d, fmt: str, split: str, missing: str):
+    """(records, images folder) of the split's COCO json, or of the TFDS export."""
     images, ann = d[split].images, d[split].annotations
-    if (not images or not ann) and d.tfds_name:
+    if fmt == "tfds" or ((not images or not ann) and d.tfds_name):
+        if not d.tfds_name:
+            raise ConfigError("config.data.format='tfds' needs config.data.tfds_name")
         from deim_jax.data import tfds_source
         images, ann = tfds_source.coco_folder_from_tfds(
             d.tfds_name, d.data_dir or "", d[f"tfds_{split}_split"], d.tfds_export_dir)
@@ -55,11 +70,17 @@ def load_split(d, split: str, missing: Optional[str] = None) -> coco_lib.CocoRec
     if not os.path.isfile(ann):
         raise MissingDataError(f"config.data.{split}.annotations: annotation file not found: {ann}")
     records = coco_lib.load_coco(images, ann, int(d.num_classes), bool(d.remap_mscoco_category),
-                                 check_files=not d.strict_files,
-                                 missing=missing or ("drop" if split == "train" else "error"))
-    if d.strict_files:
-        check_files(records, images, split)
-    return records
+                                 check_files=not d.strict_files, missing=missing)
+    return records, images
+
+
+def _read_folder_set(d, fmt: str, split: str, missing: str):
+    """(records, the set's folder) of the YOLO or VOC set at ``d.root``."""
+    root = formats.set_root(d, fmt)
+    kw = dict(check_files=not d.strict_files, missing="error" if d.strict_files else missing)
+    records = (yolo.load_yolo(root, d[split].split, int(d.num_classes), **kw) if fmt == "yolo" else
+               voc.load_voc(root, d[split].split, int(d.num_classes), tuple(d.voc_classes), **kw))
+    return records, root if os.path.isdir(root) else os.path.dirname(root)
 
 
 def undecodable(paths: Sequence[str]) -> List[int]:

@@ -88,6 +88,20 @@ def load_ground_truth(annotations_file: str):
         return COCO(annotations_file)
 
 
+def ground_truth(records):
+    """``pycocotools.coco.COCO`` of the records' ground truth: their COCO json, or for a set
+    read from another format (YOLO, VOC) the records themselves (``CocoRecords.as_coco_dict``)."""
+    if records.source_format == "coco":
+        return load_ground_truth(records.annotations_file)
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = records.as_coco_dict()
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
 def format_stats(stats: Mapping[str, float]) -> str:
     """The 12 COCO numbers as one compact two-line table (percent)."""
     head = " ".join(f"{k:>6}" for k in STAT_NAMES)

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from deim_jax import data as data_lib
 from deim_jax.evaluate import postprocess as pp
-from deim_jax.evaluate.coco_eval import CocoEvaluator, format_per_class, format_stats, load_ground_truth
+from deim_jax.evaluate.coco_eval import CocoEvaluator, format_per_class, format_stats, ground_truth
 from deim_jax.evaluate.visualize import predictions_grid
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def evaluate(cfg, predict: Predict, mesh, records, picture: Optional[list] = Non
     ``picture``: if a list is given, a grid (uint8 array) of the first validation images with
     their predictions drawn is appended to it (process 0).
     """
-    evaluator = CocoEvaluator(load_ground_truth(records.annotations_file))
+    evaluator = CocoEvaluator(ground_truth(records))
     label_to_cat = _label_to_category(records)
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     post = jax.jit(lambda lg, bx, sz: pp.postprocess(lg, bx, sz, num_top_queries=cfg.num_top_queries,
