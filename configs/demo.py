@@ -11,14 +11,33 @@ a narrower encoder/decoder, 60 queries and 256-px inputs so that it trains in mi
 from configs import defaults, dfine
 
 
-def demo_recipe(c, epochs: int = 16):
-    """Shared demo settings: 4 classes, 256 px, 60 queries, short schedule, the demo data set."""
-    c.num_classes = 4
-    c.remap_mscoco_category = False
+def small_inputs(c):
+    """256-px inputs, 60 queries (30 denoising) and the data block's sizes to match."""
     c.eval_spatial_size = (256, 256)
     c.num_top_queries = 60
     c.model.decoder.num_queries = 60
     c.model.decoder.num_denoising = 30
+    if "data" in c:
+        c.data.image_size = c.data.eval_size = 256
+        c.data.mosaic_size = 128
+
+
+def narrow_dfine(c):
+    """DEIM-D-FINE-N with a 64-wide encoder and decoder (the demo model, 2.4 M parameters)."""
+    enc = c.model.encoder
+    enc.hidden_dim = 64
+    enc.dim_feedforward = 256
+    dec = c.model.decoder
+    dec.feat_channels = (64, 64)
+    dec.hidden_dim = 64
+    dec.dim_feedforward = 256
+
+
+def demo_recipe(c, epochs: int = 16):
+    """Shared demo settings: 4 classes, 256 px, 60 queries, short schedule, the demo data set."""
+    c.num_classes = 4
+    c.remap_mscoco_category = False
+    small_inputs(c)
 
     c.epochs = epochs
     c.batch_size = 8
@@ -42,11 +61,5 @@ def demo_recipe(c, epochs: int = 16):
 def get_config(arg=None):
     c = dfine.get_config("n")
     c.name = "demo"
-    enc = c.model.encoder
-    enc.hidden_dim = 64
-    enc.dim_feedforward = 256
-    dec = c.model.decoder
-    dec.feat_channels = (64, 64)
-    dec.hidden_dim = 64
-    dec.dim_feedforward = 256
+    narrow_dfine(c)
     return demo_recipe(c)

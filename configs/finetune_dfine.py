@@ -1,8 +1,8 @@
 """Fine-tuning DEIM-D-FINE (N/S/M/L/X) from COCO weights on your own data set.
 
     python -m deim_jax.main --config=finetune_dfine_s --config.init_from=deim_dfine_hgnetv2_s_coco.pth \\
-        --config.data.train.images=... (see docs/custom_data.md) --workdir=runs/my_set
-    python -m deim_jax.main --config=configs/finetune_dfine.py:s,epochs=120 ...   # another epoch count
+        --config.data.root=my_set --workdir=runs/my_set   # a YOLO or VOC folder; COCO json: docs/custom_data.md
+    python -m deim_jax.main --config=finetune_dfine_s_e120 ...   # another epoch count (or configs/finetune_dfine.py:s,epochs=120)
 
 The COCO recipes count their warm-ups in iterations of COCO (2,000 lr warm-up steps, 1,000 EMA
 warm-up updates) and their phases in COCO epochs; on a set of a few hundred images that leaves
@@ -27,28 +27,47 @@ steps on a few hundred images at batch 16) and from the size's DEIM COCO recipe
   backbone at 0.5x (N, S), 0.1x (M), 0.05x (L), 0.01x (X) of it; the size's parameter groups
   (norm / bias groups without weight decay) are kept.
 * batch 16, evaluation every 4 epochs, ``remap_mscoco_category`` off (your category ids).
+
+``finetune_dfine_demo`` is the same recipe for the demo model (``configs/demo.py``: N with a
+64-wide encoder/decoder, 256 px; phases and lrs of N), to fine-tune ``runs/demo`` on a small set
+in minutes on a CPU (``docs/custom_data.md``).
 """
+
+import re
 
 import ml_collections
 
-from configs import defaults, dfine
+from configs import demo, dfine
 
-NAMES = dfine.NAMES
-RECIPES = ()
+
+
+class _EpochCounts:
+    """The name suffixes ``e<N>`` (``finetune_dfine_s_e120``: 120 epochs); ``available()`` lists none."""
+
+    def __contains__(self, suffix: str) -> bool:
+        return re.fullmatch(r"e\d+", suffix) is not None
+
+    def __iter__(self):
+        return iter(())
+
+
+NAMES = dfine.NAMES + ("demo",)
+RECIPES = _EpochCounts()
 DEFAULT_EPOCHS = 80
 BACKBONE_LR_RATIO = {"n": 0.5, "s": 0.5, "m": 0.1, "l": 0.05, "x": 0.01}  # obj2coco backbone lr / lr
+BACKBONE_LR_RATIO["demo"] = BACKBONE_LR_RATIO["n"]
 LR, WEIGHT_DECAY = 1e-4, 1e-4
 
 
 def parse_arg(arg: str):
-    """``'s'`` or ``'s,epochs=120'`` -> (size, epochs)."""
+    """``'s'``, ``'s,epochs=120'`` or ``'s,e120'`` -> (size, epochs)."""
     size, *rest = [p.strip() for p in (arg or "s").split(",")]
     epochs = DEFAULT_EPOCHS
     for item in rest:
-        key, _, value = item.partition("=")
-        if key != "epochs" or not value.isdigit() or int(value) < 2:
-            raise ValueError(f"finetune_dfine: {item!r} is not epochs=N (an integer >= 2)")
-        epochs = int(value)
+        m = re.fullmatch(r"(?:epochs=|e)(\d+)", item)
+        if not m or int(m.group(1)) < 2:
+            raise ValueError(f"finetune_dfine: {item!r} is not epochs=N or eN (an integer N >= 2)")
+        epochs = int(m.group(1))
     if size not in BACKBONE_LR_RATIO:
         raise ValueError(f"finetune_dfine: unknown size {size!r}; choose one of {sorted(BACKBONE_LR_RATIO)}")
     return size, epochs
@@ -56,7 +75,7 @@ def parse_arg(arg: str):
 
 def scaled_phases(size: str, epochs: int) -> dict:
     """The recipe's phase epochs of D-FINE ``size`` scaled to a run of ``epochs`` (see the module doc)."""
-    t = dfine._SIZES[size]
+    t = dfine._SIZES["n" if size == "demo" else size]
     r = epochs / t["epochs"]
     no_aug = max(1, round(t["no_aug_epoch"] * r))
     stop = epochs - no_aug
@@ -69,8 +88,11 @@ def scaled_phases(size: str, epochs: int) -> dict:
 
 def get_config(arg: str = "s") -> ml_collections.ConfigDict:
     size, epochs = parse_arg(arg)
-    c = dfine.get_config(size)
+    c = dfine.get_config("n" if size == "demo" else size)
     c.name = f"finetune_dfine_{size}"
+    if size == "demo":
+        demo.narrow_dfine(c)
+        demo.small_inputs(c)
     c.epochs = epochs
     c.batch_size = 16
     c.eval_every_epochs = 4

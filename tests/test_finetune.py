@@ -33,13 +33,14 @@ def test_names_and_epoch_argument():
     assert configs.get_config("finetune_dfine_l").epochs == finetune_dfine.DEFAULT_EPOCHS
     c = configs.get_config("configs/finetune_dfine.py:m,epochs=30")
     assert (c.epochs, c.model.backbone.variant, c.data.stop_epoch) == (30, "B2", 30 - c.schedule.no_aug_epoch)
+    assert configs.get_config("finetune_dfine_s_e120").epochs == 120
     with pytest.raises(ValueError, match="epochs=N"):
         configs.get_config("configs/finetune_dfine.py:s,epochs=ten")
 
 
 @pytest.mark.parametrize("size", finetune_dfine.NAMES)
 def test_phases_keep_the_recipes_fractions(size):
-    t = dfine._SIZES[size]
+    t = dfine._SIZES["n" if size == "demo" else size]
     for epochs in (20, 80, 300):
         p = finetune_dfine.scaled_phases(size, epochs)
         start, mosaic_end, stop = p["policy_epochs"]
