@@ -26,12 +26,15 @@ Data fields (``config.data``, read by ``deim_jax.data``):
                                      folder (never downloads)
   tfds_train_split / tfds_val_split  'train' / 'validation'
   tfds_export_dir                    '' = <data_dir>/deim_export/<name>
-  num_classes                        = config.num_classes (one field)
+  num_classes                        = config.num_classes (one field); 0 = from the training
+                                     set (its categories, read before the model is built; the
+                                     names are stored with every checkpoint)
   remap_mscoco_category              True: COCO's 80 ids (1..90) -> 0..79; False: contiguous
                                      mapping of the json's sorted category ids
   batch_size / eval_batch_size       global batch sizes (split evenly over processes)
   image_size / eval_size             training / evaluation canvas (square, official 640)
-  max_boxes                          static number of box slots per image (mask marks real ones)
+  max_boxes                          static number of box slots per image (mask marks real ones);
+                                     0 = from the train set (data.census.adopt_max_boxes)
   policy_epochs                      (e0, e1, e2): aug on from e0, mosaic until e1, off from e2
   mosaic_prob, mosaic_size           0.5, 320 (official)
   mixup_prob, mixup_epochs           0.5, (e0, e1)
@@ -76,9 +79,10 @@ def _locked(d: dict) -> ml_collections.ConfigDict:
     return c
 
 
-def run(name: str, recipe: str, *, epochs: int, batch_size: int, num_classes: int = 80,
+def run(name: str, recipe: str, *, epochs: int, batch_size: int, num_classes: int = 0,
         eval_size: int = 640) -> ml_collections.ConfigDict:
-    """Top-level fields of a run (the blocks are added by the recipe)."""
+    """Top-level fields of a run (the blocks are added by the recipe); ``num_classes`` 0: from the
+    training set."""
     return ml_collections.ConfigDict(dict(
         name=name,
         recipe=recipe,

@@ -104,7 +104,7 @@ def get_config(arg: str = "l") -> ml_collections.ConfigDict:
     t = _SIZES[size]
     c = defaults.run(f"dfine_{size}" + ("_baseline" if recipe == "dfine" else ""), recipe,
                      epochs=t["epochs"] if recipe == "deim" else _DFINE_BASELINE[size]["epochs"],
-                     batch_size=t["batch_size"])
+                     batch_size=t["batch_size"], num_classes=80)
 
     act = "silu" if recipe == "deim" else "relu"
     freeze = recipe == "dfine" and _DFINE_BASELINE[size]["freeze"]

@@ -26,6 +26,8 @@ steps on a few hundred images at batch 16) and from the size's DEIM COCO recipe
   a detector pre-trained on Objects365 fine-tuned on COCO): lr 1e-4, weight decay 1e-4 and the
   backbone at 0.5x (N, S), 0.1x (M), 0.05x (L), 0.01x (X) of it; the size's parameter groups
   (norm / bias groups without weight decay) are kept.
+* ``num_classes`` and ``data.max_boxes`` from the data set (0: the class count of the train set;
+  the most boxes of one train image x4 with Mosaic x2 with MixUp, at most ``num_queries``).
 * batch 16, evaluation every 4 epochs, ``remap_mscoco_category`` off (your category ids).
 
 ``finetune_dfine_demo`` is the same recipe for the demo model (``configs/demo.py``: N with a
@@ -97,6 +99,7 @@ def get_config(arg: str = "s") -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.eval_every_epochs = 4
     c.remap_mscoco_category = False
+    c.num_classes = 0  # from the data set
     p = scaled_phases(size, epochs)
 
     s = c.schedule
@@ -115,4 +118,5 @@ def get_config(arg: str = "s") -> ml_collections.ConfigDict:
     d = c.data
     d.policy_epochs, d.mixup_epochs, d.stop_epoch = p["policy_epochs"], p["mixup_epochs"], p["stop_epoch"]
     d.eval_batch_size = 32
+    d.max_boxes = 0  # from the data set
     return c

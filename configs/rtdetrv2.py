@@ -45,7 +45,8 @@ def get_config(arg: str = "r50") -> ml_collections.ConfigDict:
     t = _SIZES[size]
     b = t["base"]
     c = defaults.run(f"rtdetrv2_{size}" + ("_baseline" if baseline else ""), "rtdetrv2" if baseline else "deim",
-                     epochs=b["epochs"] if baseline else t["epochs"], batch_size=16)
+                     epochs=b["epochs"] if baseline else t["epochs"], batch_size=16,
+                     num_classes=80)
     act = "relu" if baseline else "silu"
     freeze = baseline and b["freeze"]
     c.model = ml_collections.ConfigDict(dict(

@@ -32,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from deim_jax import configs
-from deim_jax.errors import ConfigError, UserError
+from deim_jax.errors import ConfigError, MissingDataError, UserError
 
 SAMPLE_IMAGE = os.path.join(os.path.dirname(__file__), "assets", "sample.png")
 
@@ -210,20 +210,40 @@ def load_image(path: str, size):
         return np.asarray(im, np.float32) / 255.0, orig
 
 
-def predict(cfg, image_path=None, weights=None, score_threshold: float = 0.4, top: int = 20):
-    """``--mode=predict``: detections on one image (official .pth ``weights``, else random weights)."""
+def _predict_weights(cfg, model, weights):
+    """(variables, classes or None) of ``weights``: an official .pth, a checkpoint folder, or None (random)."""
     import jax
 
     from deim_jax import convert, models
+    from deim_jax.data.classes import Classes
+    from deim_jax.train import checkpoints
+
+    if not weights:
+        print("no --weights given: random initialization (detections are meaningless)")
+        return models.init(model, cfg, jax.random.PRNGKey(cfg.seed)), None
+    if os.path.isdir(weights):
+        found = checkpoints.latest_weights(weights)
+        if found is None:
+            raise MissingDataError(f"--weights={weights}: no checkpoint in this folder")
+        print(f"loaded the EMA weights of checkpoint step {found['step']} in {weights}")
+        return found["variables"], Classes.from_json(found["classes"])
+    print(f"loaded {weights}")
+    return convert.from_torch_state_dict(convert.load_pth(weights), cfg), None
+
+
+def predict(cfg, image_path=None, weights=None, score_threshold: float = 0.4, top: int = 20):
+    """``--mode=predict``: detections on one image, named by the checkpoint's classes (COCO's for an
+    80-class COCO model). ``weights``: an official .pth, a checkpoint folder (``WORKDIR/checkpoints``,
+    EMA weights) or None (random weights)."""
+    import jax
+
+    from deim_jax import models
+    from deim_jax.data.classes import display_names
     from deim_jax.evaluate import postprocess as pp
 
     model = models.build(cfg)
-    if weights:
-        variables = convert.from_torch_state_dict(convert.load_pth(weights), cfg)
-        print(f"loaded {weights}")
-    else:
-        variables = models.init(model, cfg, jax.random.PRNGKey(cfg.seed))
-        print("no --weights given: random initialization (detections are meaningless)")
+    variables, classes = _predict_weights(cfg, model, weights)
+    names = display_names(classes, int(cfg.num_classes), bool(cfg.remap_mscoco_category))
     path = image_path or SAMPLE_IMAGE
     image, orig = load_image(path, cfg.eval_spatial_size)
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -232,11 +252,12 @@ def predict(cfg, image_path=None, weights=None, score_threshold: float = 0.4, to
     out = jax.block_until_ready(fwd(variables, image[None]))
     dt = time.perf_counter() - t0
     res = pp.postprocess(out["pred_logits"], out["pred_boxes"], np.array([orig]), num_top_queries=cfg.num_top_queries,
-                         remap_mscoco_category=cfg.remap_mscoco_category)
+                         remap_mscoco_category=False)
     scores, labels, boxes = (np.asarray(res[k])[0] for k in ("scores", "labels", "boxes"))
     print(f"{path}: {orig[0]}x{orig[1]}, forward {dt * 1000:.1f} ms (jit, batch 1)")
     for shown, (s, l, b) in enumerate(zip(scores, labels, boxes)):
         if (s < score_threshold and shown >= 5) or shown >= top:
             break
-        print(f"  label {int(l):3d}  score {s:.3f}  box xyxy [{b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}, {b[3]:.1f}]")
+        print(f"  label {int(l):3d} {names.get(int(l), ''):<14} score {s:.3f}  "
+              f"box xyxy [{b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}, {b[3]:.1f}]")
     return res

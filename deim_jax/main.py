@@ -5,7 +5,8 @@
 Modes: ``train`` (train and evaluate in ``--workdir``, resuming from its latest
 checkpoint), ``eval`` (COCO AP of the latest checkpoint's EMA weights, or of
 ``--config.init_from``), ``summary`` (parameter counts per module), ``predict``
-(detections on one image, with ``--weights`` from an official .pth or random weights).
+(detections on one image, named, with ``--weights`` from an official .pth, a checkpoint folder
+or random weights).
 
 A mistake in the input (config field, data, flag, ``--workdir`` not writable) ends the run with
 one ``error: ...`` line and exit status 2 (``deim_jax.cli.run``), at start-up. A run that stops on a
@@ -27,7 +28,8 @@ _CONFIG = cli.define_config_flag()
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "predict"], "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for checkpoints and logs.")
 _IMAGE = flags.DEFINE_string("image", None, "Image file for --mode=predict (default: a bundled sample).")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.pth) to load for predict.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.pth) or a checkpoint folder "
+                                "(WORKDIR/checkpoints) to load for predict.")
 
 
 def _train_or_eval(cfg, mode: str, workdir: str) -> None:
@@ -57,9 +59,9 @@ def main(argv):
     elif _MODE.value == "summary":
         cli.summary(cfg)
     else:
-        for flag in (_IMAGE, _WEIGHTS):
-            if flag.value and not os.path.isfile(flag.value):
-                raise MissingDataError(f"--{flag.name}={flag.value}: no such file")
+        for flag, exists in ((_IMAGE, os.path.isfile), (_WEIGHTS, os.path.exists)):
+            if flag.value and not exists(flag.value):
+                raise MissingDataError(f"--{flag.name}={flag.value}: no such file or folder")
         cli.predict(cfg, image_path=_IMAGE.value, weights=_WEIGHTS.value)
 
 

@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from deim_jax.train import optimizer as opt_lib
-from deim_jax.train.checkpoints import CheckpointError, CheckpointManager, abstract_like
+from deim_jax.data.classes import Classes, display_names
+from deim_jax.train.checkpoints import CheckpointError, CheckpointManager, abstract_like, latest_weights
 from deim_jax.train.train_step import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,6 +80,42 @@ def test_round_trip_bit_identical(tmp_path):
     with CheckpointManager(str(tmp_path / "ck")) as m:
         assert m.latest_step() == 2
         _assert_identical(m.restore(target=state)["train"], state)
+
+
+def test_class_names_are_stored_with_every_checkpoint(tmp_path):
+    state, _ = _state(0, n=4)
+    classes = Classes({0: "square", 1: "circle", 3: "cross"}, {0: 1, 1: 2, 2: 3, 3: 5})  # label 2: no name
+    root = str(tmp_path / "ck")
+    with CheckpointManager(root, classes=classes.to_json()) as m:
+        m.save(1, state, metrics={"AP": 0.3})
+        m.save(2, state)
+    assert json.load(open(os.path.join(root, "2", "meta", "metadata")))["classes"] == {
+        "class_names": ["square", "circle", None, "cross"], "label_to_category": {"0": 1, "1": 2, "2": 3, "3": 5}}
+    with CheckpointManager(root) as m:  # a reader needs no names to read them back
+        assert Classes.from_json(m.restore(1)["classes"]) == classes
+        assert Classes.from_json(m.restore_best()["classes"]) == classes
+    found = latest_weights(root)
+    assert found["step"] == 2 and Classes.from_json(found["classes"]) == classes
+    _assert_identical(found["variables"], {"params": state.ema_params, "batch_stats": state.ema_batch_stats})
+    assert display_names(Classes.from_json(found["classes"]), 4, False) == {0: "square", 1: "circle", 3: "cross"}
+
+
+def test_checkpoint_without_class_names_still_restores(tmp_path):
+    """A checkpoint of the format before names were stored (meta ``{step, metrics}``) restores with
+    classes None; shown names fall back to COCO's for an 80-class COCO model, else to label numbers."""
+    state, _ = _state(0, n=4)
+    root = str(tmp_path / "ck")
+    with CheckpointManager(root) as m:
+        m.save(1, state)
+    assert json.load(open(os.path.join(root, "1", "meta", "metadata"))) == {"step": 1, "metrics": {}}
+    with CheckpointManager(root) as m:
+        r = m.restore(target=state)
+    _assert_identical(r["train"], state)
+    assert r["classes"] is None and Classes.from_json(r["classes"]) is None
+    assert latest_weights(root)["classes"] is None and latest_weights(str(tmp_path / "none")) is None
+    coco = display_names(None, 80, True)
+    assert (coco[0], coco[62], coco[79]) == ("person", "tv", "toothbrush")
+    assert display_names(None, 4, False) == {} and display_names(None, 80, False) == {}
 
 
 def test_keep_last_n_plus_best(tmp_path):

@@ -16,7 +16,7 @@ def test_every_available_name_resolves():
         assert f"rtdetrv2_{size}" in names and f"rtdetrv2_{size}_baseline" in names
     for name in names:
         cfg = configs.get_config(name)
-        assert cfg.num_classes == (4 if name.startswith("demo") else 80), name
+        assert cfg.num_classes == (4 if name.startswith("demo") else 0 if name.startswith("finetune") else 80), name
         assert cfg.model.family in ("dfine", "rtdetrv2")
 
 

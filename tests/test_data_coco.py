@@ -43,6 +43,26 @@ def test_mscoco_remap_and_custom_contiguous(tmp_path):
     assert r.category_names == {0: "person", 1: "toothbrush"}
 
 
+def test_num_classes_zero_takes_them_from_the_data(tmp_path, caplog):
+    """0 = as many classes as the data need (the mapping is unchanged); a larger count is kept."""
+    from deim_jax import configs
+    from deim_jax.data.classes import adopt_num_classes, num_classes_of
+
+    cats = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}]
+    d, a = _write(tmp_path, [_img(1)], [_ann(1, 1, 90, [1, 1, 5, 5]), _ann(2, 1, 1, [2, 2, 5, 5])], cats)
+    r = C.load_coco(d, a, 0)
+    assert r.labels.tolist() == [1, 0] and r.label_to_category == {0: 1, 1: 90} and num_classes_of(r) == 2
+    assert num_classes_of(C.load_coco(d, a, 0, remap_mscoco_category=True)) == 80
+    c = configs.module("defaults").run("test", "deim", epochs=1, batch_size=2, eval_size=64)
+    c.data = configs.module("defaults").demo_data(c, str(tmp_path))
+    assert c.num_classes == 0  # the default: from the data set
+    with caplog.at_level("INFO", logger="deim_jax"):
+        assert adopt_num_classes(c.data, r) == 2 and c.num_classes == 2
+        c.num_classes = 7
+        assert adopt_num_classes(c.data, r) == 7 and C.load_coco(d, a, 7).label_to_category == {0: 1, 1: 90}
+    assert [rec.getMessage() for rec in caplog.records] == [f"num_classes=2 from {a}: names person, toothbrush"]
+
+
 def test_category_errors_name_file_and_ids(tmp_path):
     cats = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
     d, a = _write(tmp_path, [_img(1)], [_ann(1, 1, 9, [1, 1, 5, 5])], cats)

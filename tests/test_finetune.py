@@ -9,8 +9,9 @@ import pytest
 from deim_jax import configs
 from deim_jax import data as data_lib
 from deim_jax.data import demo
+from deim_jax.data import census
 from deim_jax.train import ema as ema_lib
-from deim_jax.train import schedule
+from deim_jax.train import loop, schedule
 
 from configs import dfine, finetune_dfine
 
@@ -25,7 +26,6 @@ def _config(name, paths):
     c.unlock()
     c.data.train.images, c.data.train.annotations = paths["train_images"], paths["train_annotations"]
     c.data.val.images, c.data.val.annotations = paths["val_images"], paths["val_annotations"]
-    c.num_classes = 4
     return c
 
 
@@ -56,7 +56,10 @@ def test_phases_keep_the_recipes_fractions(size):
 
 def test_schedule_on_a_200_image_set(set_200):
     c = _config("finetune_dfine_s", set_200)
-    records = data_lib.load_split(c.data, "train")
+    assert (c.num_classes, c.data.max_boxes) == (0, 0)  # from the data set
+    records, _ = loop.load_records(c)
+    most = int(census.boxes_per_image(records).max())
+    assert c.num_classes == 4 and c.data.max_boxes == min(8 * most, c.model.decoder.num_queries)
     spe = data_lib.steps_per_epoch(c.data, records)
     assert spe == 200 // 16
     epochs, total = c.epochs, c.epochs * spe

@@ -1,4 +1,5 @@
-"""End-to-end training: one epoch of a tiny config, bit-exact resume, non-finite detection, eval mode."""
+"""End-to-end training: one epoch of a tiny config, bit-exact resume, non-finite detection, eval mode,
+class names taken from the data and stored with the checkpoints (shown by --mode=predict)."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from deim_jax import cli
+from deim_jax.data.classes import Classes
 from deim_jax.evaluate import evaluator
 from deim_jax.train import checkpoints, init_from, loop
 from deim_jax.train import setup as setup_lib
@@ -30,12 +33,15 @@ def _state(workdir, step=None):
     return out
 
 
-def test_train_evaluate_resume_bit_exact_and_eval_mode(data_root, tmp_path):
+def test_train_evaluate_resume_bit_exact_and_eval_mode(data_root, tmp_path, capsys):
     """Two epochs straight == one epoch, stop, resume, one more (identical parameters, EMA, optimizer
-    state); every evaluation writes one eval.jsonl row; --mode=eval reproduces the last AP."""
+    state); every evaluation writes one eval.jsonl row; --mode=eval reproduces the last AP;
+    num_classes=0 takes the data's 4 classes, whose names every checkpoint stores."""
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     cfg = tiny_config(data_root, epochs=2)
+    cfg.num_classes = 0  # from the data set
     metrics = loop.train_and_evaluate(cfg, straight)
+    assert cfg.num_classes == 4 and json.load(open(os.path.join(straight, "config.json")))["num_classes"] == 4
     loop.train_and_evaluate(cfg, split, stop_at_step=2)
     assert int(_state(split)["step"]) == 2
     loop.train_and_evaluate(cfg, split)  # resumes from step 2
@@ -61,6 +67,15 @@ def test_train_evaluate_resume_bit_exact_and_eval_mode(data_root, tmp_path):
     # weights, so its detections equal the loop's; the tolerance only covers the JSON round trip.
     assert loop.evaluate_checkpoint(cfg, straight)["AP"] == pytest.approx(rows[-1]["AP"], abs=1e-6)
 
+    found = checkpoints.latest_weights(os.path.join(straight, "checkpoints"))
+    names = {0: "square", 1: "circle", 2: "triangle", 3: "cross"}
+    assert Classes.from_json(found["classes"]) == Classes(names, {0: 1, 1: 2, 2: 3, 3: 5})
+    assert found["variables"]["params"]["decoder"]["enc_score_head"]["kernel"].shape[-1] == 4
+    capsys.readouterr()
+    cli.predict(cfg, weights=os.path.join(straight, "checkpoints"))
+    shown = [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.startswith("  label")]
+    assert len(shown) >= 5 and set(shown) <= set(names.values()), shown
+
 
 def test_missing_data_is_a_clear_error(tmp_path):
     from deim_jax.data import prepare
@@ -70,12 +85,15 @@ def test_missing_data_is_a_clear_error(tmp_path):
         prepare.check_or_generate(cfg.data)
 
 
-def test_evaluation_chain_gives_ap_one_for_perfect_predictions(data_root):
-    """Eval pipeline -> post-processing -> category mapping -> COCO eval, fed the ground truth itself."""
+@pytest.mark.parametrize("num_classes", [4, 6])
+def test_evaluation_chain_gives_ap_one_for_perfect_predictions(data_root, num_classes):
+    """Eval pipeline -> post-processing -> category mapping -> COCO eval, fed the ground truth itself;
+    also for a model with more classes than the data (labels 4, 5 have no category)."""
     from deim_jax import data as data_lib
     from deim_jax.train import sharding
 
     cfg = tiny_config(data_root)
+    cfg.num_classes = num_classes
     records = data_lib.load_split(cfg.data, "val")
     truth = list(data_lib.build_eval_iterator(cfg.data, records=records))
     q, c = cfg.model.decoder.num_queries, cfg.num_classes

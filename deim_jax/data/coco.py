@@ -29,6 +29,7 @@ categories ``id``
 empty ``categories`` list                   ``DataError``
 annotation with unknown ``category_id``     ``DataError`` naming the unknown ids
 ``num_classes`` too small for the data      ``DataError`` naming the ids and the count
+``num_classes`` 0                           taken from the data (``data.classes``)
 ``remap_mscoco_category`` on non-COCO ids   ``DataError`` naming the ids
 duplicated image id, identical entries      deduplicated, counted in ``stats['duplicate_images']``
 duplicated image id, different entries      ``DataError`` naming the ids
@@ -74,6 +75,18 @@ from deim_jax.errors import DataError, MissingDataError
 from deim_jax.ops.coco_categories import MSCOCO_CATEGORY2LABEL, MSCOCO_CATEGORY_IDS, MSCOCO_LABEL2CATEGORY  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+# ``CocoRecords.stats`` key -> (input, behaviour): the rows of the table above that are counted
+STATS_BEHAVIOUR = {
+    "duplicate_images": ("duplicated image id, identical entries", "deduplicated"),
+    "orphan_annotations": ("annotation for an image id not listed", "dropped"),
+    "crowd": ("iscrowd == 1", "dropped (official)"),
+    "nonfinite": ("NaN / inf / missing / malformed bbox", "dropped"),
+    "degenerate": ("zero / negative width or height", "dropped (after clipping; also boxes fully outside)"),
+    "missing_files": ("missing image file", "train: dropped before training with one warning; eval: "
+                                            "MissingDataError naming them"),
+}
+
 
 @dataclasses.dataclass
 class CocoRecords:
@@ -200,7 +213,9 @@ def check_lists(data, annotations_file: str) -> Dict[str, list]:
 
 def category_mapping(categories: List[dict], num_classes: int, remap_mscoco_category: bool,
                      annotations_file: str = "<json>"):
-    """Return (category_id -> label, label -> category_id, label -> name); raise on bad setups."""
+    """Return (category_id -> label, label -> category_id, label -> name); raise on bad setups.
+
+    ``num_classes`` 0: as many as the data need (no check)."""
     if not categories:
         raise DataError(f"{annotations_file}: the 'categories' list is empty; a detection data set "
                          "needs at least one category")
@@ -216,7 +231,7 @@ def category_mapping(categories: List[dict], num_classes: int, remap_mscoco_cate
     else:
         cat2label = {c: i for i, c in enumerate(ids)}
     needed = max(cat2label[c] for c in ids) + 1
-    if num_classes < needed:
+    if num_classes != 0 and num_classes < needed:
         raise DataError(
             f"{annotations_file}: num_classes={num_classes} does not cover the data: category ids "
             f"{ids} map to labels 0..{needed - 1} (need num_classes >= {needed})")

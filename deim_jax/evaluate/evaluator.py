@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from deim_jax import data as data_lib
+from deim_jax.data.classes import Classes
 from deim_jax.evaluate import postprocess as pp
 from deim_jax.evaluate.coco_eval import CocoEvaluator, format_per_class, format_stats, ground_truth
 from deim_jax.evaluate.visualize import predictions_grid
@@ -29,9 +30,11 @@ log = logging.getLogger(__name__)
 Predict = Callable[[jax.Array], Dict[str, jax.Array]]
 
 
-def _label_to_category(records) -> np.ndarray:
-    table = np.zeros(max(records.label_to_category) + 1, np.int64)
-    for label, cat in records.label_to_category.items():
+def _label_to_category(classes: Classes, num_classes: int) -> np.ndarray:
+    """[max(num_classes, labels)] int64 category id per label; -1 for labels without a category
+    (a model with more classes than the data: COCOeval ignores such detections)."""
+    table = np.full(max(num_classes, max(classes.label_to_category) + 1), -1, np.int64)
+    for label, cat in classes.label_to_category.items():
         table[label] = cat
     return table
 
@@ -40,14 +43,17 @@ def _gather(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def evaluate(cfg, predict: Predict, mesh, records, picture: Optional[list] = None) -> Dict[str, Any]:
+def evaluate(cfg, predict: Predict, mesh, records, picture: Optional[list] = None,
+             classes: Optional[Classes] = None) -> Dict[str, Any]:
     """COCO numbers (``coco_eval.STAT_NAMES`` plus ``per_class``) of ``predict`` on ``records``.
 
     ``picture``: if a list is given, a grid (uint8 array) of the first validation images with
-    their predictions drawn is appended to it (process 0).
+    their predictions drawn (and named) is appended to it (process 0). ``classes``: what the
+    model's labels mean (the train set's, stored with its checkpoints); default: ``records``'.
     """
+    classes = classes if classes is not None else Classes.of_records(records)
     evaluator = CocoEvaluator(ground_truth(records))
-    label_to_cat = _label_to_category(records)
+    label_to_cat = _label_to_category(classes, int(cfg.num_classes))
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     post = jax.jit(lambda lg, bx, sz: pp.postprocess(lg, bx, sz, num_top_queries=cfg.num_top_queries,
                                                      remap_mscoco_category=False))
@@ -58,7 +64,7 @@ def evaluate(cfg, predict: Predict, mesh, records, picture: Optional[list] = Non
         res = jax.device_get(post(out["pred_logits"], out["pred_boxes"], meta["orig_size"]))
         evaluator.add(meta["image_id"], res["boxes"], res["scores"], label_to_cat[res["labels"]], meta["valid"])
         if picture is not None and not picture and jax.process_index() == 0:
-            grid = predictions_grid(local["image"], out["pred_logits"], out["pred_boxes"], records.category_names)
+            grid = predictions_grid(local["image"], out["pred_logits"], out["pred_boxes"], classes.names)
             picture.append(np.asarray(grid))
     return evaluator.summarize()
 

@@ -98,6 +98,9 @@ def build(cfg) -> DEIM:
     ``out_channels``.
     """
     fam = _family(cfg)
+    if int(cfg.num_classes) <= 0:
+        raise ConfigError(f"cfg.num_classes={cfg.num_classes}: 0 (from the data set) is resolved only when a "
+                          "run loads its data; set --config.num_classes=K to build the model without it")
     backbone = build_backbone(cfg)
     encoder = HybridEncoder(**_kwargs(cfg.model.encoder, HybridEncoder, "cfg.model.encoder"),
                             eval_spatial_size=tuple(cfg.eval_spatial_size))

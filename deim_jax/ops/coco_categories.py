@@ -1,4 +1,4 @@
-"""The COCO category table: the 80 ids (1..90 with gaps) <-> contiguous labels 0..79."""
+"""The COCO category table: the 80 ids (1..90 with gaps) <-> contiguous labels 0..79, and their names."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ MSCOCO_CATEGORY_IDS = (
 )
 MSCOCO_LABEL2CATEGORY = {i: c for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
 MSCOCO_CATEGORY2LABEL = {c: i for i, c in enumerate(MSCOCO_CATEGORY_IDS)}
+# contiguous label i -> the name of category MSCOCO_CATEGORY_IDS[i] (instances_*2017.json)
+MSCOCO_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
 
 
 def label_to_category(labels):

@@ -7,7 +7,9 @@ One checkpoint (directory ``<root>/<step>``) holds three items:
   opt_state, step, rng ...; a ``TrainState`` dataclass works), arrays saved with their values
   bit-exactly;
 * ``config``: the experiment config as JSON;
-* ``meta``: JSON ``{'step', 'metrics'}``.
+* ``meta``: JSON ``{'step', 'metrics', 'classes'}``; ``classes`` is what the manager was given (the
+  run's class names and category ids, ``deim_jax.data.classes.Classes.to_json``), absent in
+  checkpoints saved before it was stored (restored as None).
 
 Retention: the last ``max_to_keep`` checkpoints plus the best one by ``best_metric`` (``'AP'``,
 higher is better by default); checkpoints saved without that metric only count as "latest".
@@ -82,14 +84,16 @@ class CheckpointManager:
     """Keep-last-N-plus-best checkpoints of a training run.
 
     ``save(step, train_state, data_state=None, config=None, metrics=None)``;
-    ``restore(step=None, target=None) -> {'train', 'data', 'config', 'metrics', 'step'}``
+    ``restore(step=None, target=None) -> {'train', 'data', 'config', 'metrics', 'step', 'classes'}``
     (``target`` = the abstract *train* state, optionally ``target_data`` for the data position);
-    ``restore_best``; ``latest_step``; ``best_step``; ``all_steps``.
+    ``restore_best``; ``latest_step``; ``best_step``; ``all_steps``. ``classes`` (JSON) is written
+    into the meta of every save.
     """
 
     def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = "AP",
-                 best_mode: str = "max", async_save: bool = False):
+                 best_mode: str = "max", async_save: bool = False, classes: Optional[Dict[str, Any]] = None):
         self.directory = os.path.abspath(directory)
+        self.classes = classes
         self.best_metric = best_metric
         self.best_mode = best_mode
         self._cleaned = False
@@ -159,7 +163,8 @@ class CheckpointManager:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
                     config=ocp.args.JsonSave(config_to_json(config)),
-                    meta=ocp.args.JsonSave({"step": step, "metrics": metrics}),
+                    meta=ocp.args.JsonSave({"step": step, "metrics": metrics,
+                                            **({"classes": self.classes} if self.classes else {})}),
                 ),
                 metrics=metrics if metrics else None,
                 force=force,
@@ -235,6 +240,7 @@ class CheckpointManager:
             "config": out["config"],
             "metrics": meta.get("metrics", {}),
             "step": int(meta.get("step", step)),
+            "classes": meta.get("classes"),
         }
 
     def restore_best(self, target: Any = None, target_data: Any = None) -> Dict[str, Any]:
@@ -255,6 +261,22 @@ class CheckpointManager:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def latest_weights(directory: str, use_ema: bool = True) -> Optional[Dict[str, Any]]:
+    """``{'variables': {'params', 'batch_stats'}, 'step', 'data', 'classes'}`` of the newest readable
+    checkpoint in ``directory`` (host arrays; the EMA weights unless ``use_ema=False``); None if the
+    folder has no checkpoint."""
+    if not os.path.isdir(directory):
+        return None
+    with CheckpointManager(directory, best_metric=None) as mngr:
+        if not mngr.all_steps():
+            return None
+        restored = mngr.restore()
+    prefix = "ema_" if use_ema else ""
+    train = restored["train"]
+    return {"variables": {"params": train[prefix + "params"], "batch_stats": train[prefix + "batch_stats"]},
+            "step": restored["step"], "data": restored["data"], "classes": restored["classes"]}
 
 
 _TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp")

@@ -16,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from deim_jax import convert, models
+from deim_jax.errors import MissingDataError
 from deim_jax.train import checkpoints
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,10 @@ def _source_variables(src: str) -> Dict[str, Any]:
     """``{'params', 'batch_stats'}`` of an official .pth, or the EMA weights of a deim_jax checkpoint dir."""
     if src.endswith(".pth"):
         return convert.raw_variables(convert.load_pth(src))
-    mngr = checkpoints.CheckpointManager(src, best_metric=None)
-    restored = mngr.restore()["train"]
-    mngr.close()
-    return {"params": restored["ema_params"], "batch_stats": restored["ema_batch_stats"]}
+    found = checkpoints.latest_weights(src)
+    if found is None:
+        raise MissingDataError(f"config.init_from={src}: neither a .pth file nor a folder with checkpoints")
+    return found["variables"]
 
 
 def initial_variables(cfg, model, rng) -> Dict[str, Any]:

@@ -3,7 +3,7 @@
 One process per host; each feeds its slice of the global batch; the state is
 replicated over a one-axis mesh (``deim_jax.train.sharding``). Per epoch: train,
 save a checkpoint (params, batch stats, EMA, optimizer state, step, data
-position, config), evaluate the EMA weights with COCO AP every
+position, config, class names), evaluate the EMA weights with COCO AP every
 ``eval_every_epochs`` epochs and at the end (one JSON line appended to
 ``WORKDIR/eval.jsonl``), keep the last N checkpoints plus the best by AP.
 At ``data.stop_epoch`` (end of augmentation) the best stage-1 checkpoint is
@@ -29,6 +29,8 @@ import jax
 import numpy as np
 
 from deim_jax import data as data_lib
+from deim_jax.data import census
+from deim_jax.data.classes import Classes, adopt_num_classes
 from deim_jax.evaluate import evaluator
 from deim_jax.train import checkpoints, optimizer, schedule, sharding
 from deim_jax.train.init_from import initial_variables
@@ -106,11 +108,11 @@ def _report(progress: Progress, writer, cfg, steps_per_epoch: int, step: int, me
                                     "train/images_per_s": progress.steps_per_sec * cfg.batch_size})
 
 
-def _evaluate_ema(cfg, s: Setup, state, records, workdir, step, writer) -> Dict[str, Any]:
+def _evaluate_ema(cfg, s: Setup, state, records, classes, workdir, step, writer) -> Dict[str, Any]:
     log.info("evaluating the EMA weights after epoch %d on %d images", step // s.steps_per_epoch, len(records))
     picture = []
     metrics = evaluator.evaluate(cfg, lambda im: s.predict_step(state.variables(use_ema=True), im), s.mesh,
-                                 records, picture)
+                                 records, picture, classes)
     evaluator.record_eval(workdir, step, step // s.steps_per_epoch, metrics, writer)
     if writer is not None and picture:
         writer.write_images(step, {"eval/predictions": picture[0][None]})
@@ -124,22 +126,38 @@ def _write_config(cfg, workdir: str) -> None:
             f.write(cfg.to_json_best_effort(indent=1))
 
 
+def load_records(cfg):
+    """(train, val) records of a training run. ``config.num_classes=0`` and ``config.data.max_boxes=0``
+    are set from the train set here (before the model is built); images with more boxes than ``max_boxes`` (train) or
+    ``num_queries`` are logged as warnings."""
+    train = data_lib.load_split(cfg.data, "train")
+    adopt_num_classes(cfg.data, train)
+    census.adopt_max_boxes(cfg.data, train, int(cfg.model.decoder.num_queries))
+    val = data_lib.load_split(cfg.data, "val")
+    for line in census.startup_warnings(train, val, int(cfg.data.max_boxes), int(cfg.model.decoder.num_queries)):
+        log.warning("%s", line)
+    return train, val
+
+
 def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, Any]:
     """Train ``cfg`` in ``workdir`` (resuming if it has checkpoints); returns the last eval metrics.
 
     ``stop_at_step`` > 0: save a checkpoint and return once that step is reached (a run can then be
-    resumed by calling again, e.g. in time-limited jobs).
+    resumed by calling again, e.g. in time-limited jobs). ``cfg.num_classes=0`` is replaced by the
+    train set's number of classes (``load_records``).
     """
     sharding.maybe_initialize_distributed()
     with sharding.fail_fast_across_processes():
-        _write_config(cfg, workdir)
         schedule.warn_on_phases_past_the_end(cfg)
         mesh = sharding.make_mesh()
         sharding.check_batch_size(cfg.batch_size, mesh)
-        train_records, val_records = data_lib.load_split(cfg.data, "train"), data_lib.load_split(cfg.data, "val")
+        train_records, val_records = load_records(cfg)
+        _write_config(cfg, workdir)
+        classes = Classes.of_records(train_records)
         steps_per_epoch = data_lib.steps_per_epoch(cfg.data, train_records)
         s = setup(cfg, mesh, steps_per_epoch)
-        mngr = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+        mngr = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints,
+                                             classes=classes.to_json())
         state, data_state = _initial_state(cfg, s, mngr)
         evaluator.forget_evals_after(workdir, int(state.step))
         train_iter = data_lib.build_train_iterator(
@@ -147,14 +165,15 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
             process_index=jax.process_index(), process_count=jax.process_count(), records=train_records)
         writer = _summary_writer(workdir)
         try:
-            return _train(cfg, s, state, train_iter, val_records, mngr, workdir, writer, stop_at_step)
+            return _train(cfg, s, state, train_iter, val_records, classes, mngr, workdir, writer, stop_at_step)
         finally:
             mngr.close()
             if writer is not None:
                 writer.flush()
 
 
-def _train(cfg, s: Setup, state, train_iter, val_records, mngr, workdir, writer, stop_at_step) -> Dict[str, Any]:
+def _train(cfg, s: Setup, state, train_iter, val_records, classes, mngr, workdir, writer,
+           stop_at_step) -> Dict[str, Any]:
     """The epochs from ``state.step`` on: steps, per-epoch checkpoints and evaluations, stage 2."""
     steps_per_epoch = s.steps_per_epoch
     total_steps = int(cfg.epochs) * steps_per_epoch
@@ -183,7 +202,8 @@ def _train(cfg, s: Setup, state, train_iter, val_records, mngr, workdir, writer,
             with progress.paused():
                 eval_metrics = None
                 if end_of_epoch and ((step // steps_per_epoch) % cfg.eval_every_epochs == 0 or step == total_steps):
-                    eval_metrics = last_metrics = _evaluate_ema(cfg, s, state, val_records, workdir, step, writer)
+                    eval_metrics = last_metrics = _evaluate_ema(cfg, s, state, val_records, classes, workdir, step,
+                                                                writer)
                 mngr.save(step, state, train_iter.get_state(), cfg, force=True,
                           metrics={"AP": eval_metrics["AP"]} if eval_metrics else None)
             if stopping:
@@ -193,37 +213,29 @@ def _train(cfg, s: Setup, state, train_iter, val_records, mngr, workdir, writer,
     return last_metrics
 
 
-def _restore_weights(ckpt_dir: str, use_ema: bool):
-    """(variables, step, epoch) of the latest checkpoint in ``ckpt_dir``, or None if it has none."""
-    if not os.path.isdir(ckpt_dir):
-        return None
-    with checkpoints.CheckpointManager(ckpt_dir) as mngr:
-        if not mngr.all_steps():
-            return None
-        restored = mngr.restore()  # the newest readable one
-    prefix = "ema_" if use_ema else ""
-    train = restored["train"]
-    variables = {"params": train[prefix + "params"], "batch_stats": train[prefix + "batch_stats"]}
-    epoch = int(np.asarray((restored["data"] or {}).get("epoch", 0)))
-    return variables, restored["step"], epoch
-
-
 def evaluate_checkpoint(cfg, workdir: str, use_ema: bool = True) -> Dict[str, Any]:
-    """``--mode=eval``: COCO AP of the latest checkpoint of ``workdir`` (or of ``config.init_from``)."""
+    """``--mode=eval``: COCO AP of the latest checkpoint of ``workdir`` (or of ``config.init_from``).
+
+    The checkpoint's stored classes map the model's labels to category ids (the val set's own
+    table for checkpoints saved without them); ``cfg.num_classes=0`` is taken from the val set."""
     mesh = sharding.make_mesh()
     val_records = data_lib.load_split(cfg.data, "val")
+    adopt_num_classes(cfg.data, val_records)
     s = setup(cfg, mesh)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    found = _restore_weights(ckpt_dir, use_ema)
+    found = checkpoints.latest_weights(ckpt_dir, use_ema)
+    classes = None
     if found is not None:
-        variables, step, epoch = found
+        variables, step = found["variables"], found["step"]
+        epoch = int(np.asarray((found["data"] or {}).get("epoch", 0)))
+        classes = Classes.from_json(found["classes"])
         log.info("evaluating the %sweights of checkpoint step %d in %s", "EMA " if use_ema else "", step, ckpt_dir)
     elif cfg.init_from:
         variables, step, epoch = initial_variables(cfg, s.model, jax.random.PRNGKey(0)), 0, 0
     else:
         raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {ckpt_dir} and no --config.init_from")
     variables = sharding.replicate(variables, mesh)
-    metrics = evaluator.evaluate(cfg, lambda im: s.predict_step(variables, im), mesh, val_records)
+    metrics = evaluator.evaluate(cfg, lambda im: s.predict_step(variables, im), mesh, val_records, classes=classes)
     os.makedirs(workdir, exist_ok=True)
     evaluator.record_eval(workdir, step, epoch, metrics)
     return metrics
