@@ -1,7 +1,7 @@
 """Kill a training run with SIGKILL at random moments, restart it with the same command each time,
 and check that it ends bit-identical to an uninterrupted run.
 
-    python benchmarks/kill_resume.py [--kills=20] [--epochs=6] [--light] [--seed=0] \
+    python benchmarks/kill_resume.py [--kills=20] [--terms=5] [--epochs=6] [--light] [--seed=0] \
         [--out=benchmarks/results/kill_resume_cpu.md]
 
 Workload: the tests' tiny config (``tests/tiny_config.py``: DEIM-D-FINE, 96 px, Mosaic/MixUp,
@@ -15,6 +15,9 @@ seconds. Each kill is aimed at a phase drawn at random:
 * ``save``: as soon as the n-th temporary checkpoint folder (``*.orbax-checkpoint-tmp*``) appears;
 * ``any``: a random moment of the first 0.6x of the uninterrupted run's wall time (start-up included);
 * ``term``: SIGTERM instead of SIGKILL, like ``step``: the run must save and exit with status 0.
+
+``--kills`` SIGKILLs (phases step/eval/save/any drawn at random) and ``--terms`` SIGTERMs are
+shuffled together.
 
 n is drawn from 1..3, so kills land early and late in a run. A run that completes before its
 kill (or after the last kill) is compared with the uninterrupted run: every array of its last
@@ -40,6 +43,7 @@ from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("step", "eval", "save", "any", "term")
+SIGKILL_PHASES = PHASES[:-1]
 
 
 # A lighter model still for the tests' runs: one decoder layer, no denoising (compiles ~20% faster).
@@ -179,7 +183,8 @@ def kill_and_resume(root: str, phases: List[str], epochs: int = 3, seed: int = 0
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs")
+    p.add_argument("--terms", type=int, default=5, help="SIGTERMs")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--light", action="store_true", help="one decoder layer, no denoising (LIGHT), as the tests")
     p.add_argument("--seed", type=int, default=0)
@@ -189,16 +194,17 @@ def main() -> int:
     from benchmarks.bench_common import append_row, device_description
 
     rng = random.Random(a.seed)
-    phases = [rng.choice(PHASES) for _ in range(a.kills)]
+    phases = [rng.choice(SIGKILL_PHASES) for _ in range(a.kills)] + ["term"] * a.terms
+    rng.shuffle(phases)
     with tempfile.TemporaryDirectory() as root:
         r = kill_and_resume(root, phases, a.epochs, a.seed, extra=LIGHT if a.light else ())
     landed = r["kills"]
     by_phase = ", ".join(f"{ph} {sum(k['phase'] == ph for k in landed)}" for ph in PHASES)
     ok = not r["differences"]
     append_row(a.out, "SIGKILL at random moments, restart with the same command (tiny config, CPU)",
-               ["date, device", "model", "epochs", "kills (by phase)", "completed runs", "starts", "uninterrupted run",
+               ["date, device", "model", "epochs", "faults (by phase)", "completed runs", "starts", "uninterrupted run",
                 "killed runs, all starts", "end states"],
-               [device_description(), "tiny, light" if a.light else "tiny", str(a.epochs), f"{len(landed)} ({by_phase})", str(r["runs"]), str(r["starts"]),
+               [device_description(), "tiny, light" if a.light else "tiny", str(a.epochs), f"{len(landed) - a.terms} SIGKILL + {a.terms} SIGTERM ({by_phase})", str(r["runs"]), str(r["starts"]),
                 f"{r['reference_s']:.0f} s", f"{r['killed_run_s']:.0f} s",
                 "bit-identical" if ok else "DIFFERS: " + "; ".join(r["differences"][:5])])
     return 0 if ok else 1

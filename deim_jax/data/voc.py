@@ -58,6 +58,12 @@ from deim_jax.errors import DataError, MissingDataError
 
 log = logging.getLogger(__name__)
 
+# the counters this loader adds to ``stats`` -> (input, what happens), for deim_jax.tools.inspect_data
+STATS_BEHAVIOUR = {
+    "no_annotation_file": ("VOC listed id without an XML", "background image, one warning"),
+    "difficult": ("VOC object marked difficult", "kept as a regular box"),
+}
+
 Objects = List[Tuple[str, Optional[List[float]], bool]]  # (name, COCO bbox xywh or None, difficult)
 
 

@@ -62,6 +62,13 @@ from deim_jax.errors import DataError, MissingDataError
 
 log = logging.getLogger(__name__)
 
+# the counters this loader adds to ``stats`` -> (input, what happens), for deim_jax.tools.inspect_data
+STATS_BEHAVIOUR = {
+    "out_of_range": ("YOLO box corner outside [-0.01, 1.01]", "dropped (within the margin: clipped)"),
+    "orphan_labels": ("YOLO label file without an image", "ignored, one warning"),
+    "no_label_file": ("YOLO image without a label file", "background image"),
+}
+
 MARGIN = 0.01  # normalized corners within [-MARGIN, 1 + MARGIN] are clipped, beyond are dropped
 
 

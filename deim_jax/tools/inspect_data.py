@@ -24,7 +24,7 @@ from absl import flags
 from deim_jax import cli, data
 from deim_jax.data import census, prepare
 from deim_jax.data.classes import adopt_num_classes
-from deim_jax.data.coco import STATS_BEHAVIOUR
+from deim_jax.data import coco, voc, yolo
 from deim_jax.evaluate.visualize import draw_batch
 
 _CONFIG = cli.define_config_flag()
@@ -70,10 +70,15 @@ def _size_lines(train, val, max_boxes: int, num_queries: int) -> List[str]:
     return _table(["boxes (original pixels)", "train", "val"], rows)
 
 
+STATS_BEHAVIOUR = {**coco.STATS_BEHAVIOUR, **yolo.STATS_BEHAVIOUR, **voc.STATS_BEHAVIOUR}
+
+
 def _defect_lines(train, val, max_boxes: int) -> List[str]:
-    others = sorted((set(train.stats) | set(val.stats)) - set(STATS_BEHAVIOUR) - {"boxes"})  # other loaders' counters
-    rows = [[what, train.stats.get(key, "-"), val.stats.get(key, "-"), behaviour]
-            for key, (what, behaviour) in [*STATS_BEHAVIOUR.items(), *((k, (k, "-")) for k in others)]]
+    """The loaders' counters (``stats``) of both splits, with what happens to each (unknown ones: -)."""
+    keys = [k for k in STATS_BEHAVIOUR if k in train.stats or k in val.stats]
+    keys += sorted((set(train.stats) | set(val.stats)) - set(STATS_BEHAVIOUR) - {"boxes"})
+    rows = [[*STATS_BEHAVIOUR.get(key, (key, "-"))[:1], train.stats.get(key, "-"), val.stats.get(key, "-"),
+             STATS_BEHAVIOUR.get(key, (key, "-"))[1]] for key in keys]
     rows.append([f"more boxes than max_boxes={max_boxes}", census.boxes_beyond(train, max_boxes),
                  census.boxes_beyond(val, max_boxes), "the first max_boxes (annotation order) kept, the rest dropped"])
     return _table(["defects found while loading", "train", "val", "what happens"], rows) + [
@@ -113,6 +118,7 @@ def main(argv):
     prepare.check_or_generate(config.data)
     train = data.load_split(config.data, "train", missing="drop")
     adopt_num_classes(config.data, train)
+    census.adopt_max_boxes(config.data, train, int(config.model.decoder.num_queries))
     val = data.load_split(config.data, "val", missing="drop")
     print(f"config {config.name}: {int(config.num_classes)} classes")
     print("\n".join(report(train, val, int(config.data.max_boxes), int(config.model.decoder.num_queries))))
