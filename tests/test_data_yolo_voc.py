@@ -414,3 +414,10 @@ def test_yolo_and_voc_sets_build_a_train_iterator(sets, fmt):
     b = next(data.build_train_iterator(d, seed=0, state=dict(epoch=0, pos=0, step_in_epoch=0)))
     assert b["image"].shape == (2, 64, 64, 3) and b["boxes"].shape == (2, 8, 4)
     assert b["mask"].sum() > 0 and np.all(b["labels"][b["mask"]] < 4)
+
+
+def test_voc_classes_from_the_command_line():
+    from deim_jax.data.voc import class_list
+
+    assert class_list(("cat,dog",)) == ("cat", "dog") == class_list("cat, dog") == class_list(("cat", "dog"))
+    assert class_list(()) == ()

@@ -105,3 +105,19 @@ def test_coco_recipe_epochs_override_warns(caplog):
     caplog.clear()
     schedule.warn_on_phases_past_the_end(configs.get_config("configs/finetune_dfine.py:s,epochs=30"))
     assert not caplog.text
+
+
+def test_init_from_warns_when_the_same_classes_come_in_another_order(caplog):
+    from deim_jax.data.classes import Classes
+    from deim_jax.train.init_from import warn_if_permuted
+
+    def classes(*names):
+        return Classes(dict(enumerate(names)), {i: i for i in range(len(names))})
+
+    demo_order = classes("square", "circle", "triangle", "cross")
+    with caplog.at_level("WARNING"):
+        assert warn_if_permuted("runs/demo", demo_order, classes("circle", "cross", "square", "triangle"))
+    assert "labels are permuted" in caplog.text and "voc_classes=square,circle,triangle,cross" in caplog.text
+    assert not warn_if_permuted("runs/demo", demo_order, demo_order)
+    assert not warn_if_permuted("runs/demo", demo_order, classes("cat", "dog", "bird", "fish"))  # new classes
+    assert not warn_if_permuted("x.pth", None, demo_order)

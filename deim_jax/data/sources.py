@@ -79,7 +79,7 @@ def _read_folder_set(d, fmt: str, split: str, missing: str):
     root = formats.set_root(d, fmt)
     kw = dict(check_files=not d.strict_files, missing="error" if d.strict_files else missing)
     records = (yolo.load_yolo(root, d[split].split, int(d.num_classes), **kw) if fmt == "yolo" else
-               voc.load_voc(root, d[split].split, int(d.num_classes), tuple(d.voc_classes), **kw))
+               voc.load_voc(root, d[split].split, int(d.num_classes), voc.class_list(d.voc_classes), **kw))
     return records, root if os.path.isdir(root) else os.path.dirname(root)
 
 

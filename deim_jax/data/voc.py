@@ -58,6 +58,13 @@ from deim_jax.errors import DataError, MissingDataError
 
 log = logging.getLogger(__name__)
 
+
+def class_list(value) -> tuple:
+    """``config.data.voc_classes`` as names: a tuple, or a comma-separated string from the command
+    line (``--config.data.voc_classes=cat,dog`` arrives as ``('cat,dog',)``)."""
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(name.strip() for item in items for name in str(item).split(",") if name.strip())
+
 # the counters this loader adds to ``stats`` -> (input, what happens), for deim_jax.tools.inspect_data
 STATS_BEHAVIOUR = {
     "no_annotation_file": ("VOC listed id without an XML", "background image, one warning"),

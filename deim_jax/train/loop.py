@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
@@ -58,10 +58,10 @@ def _summary_writer(workdir):
         return None
 
 
-def _initial_state(cfg, s: Setup, mngr: checkpoints.CheckpointManager):
+def _initial_state(cfg, s: Setup, mngr: checkpoints.CheckpointManager, classes: Optional[Classes] = None):
     """(state, data position or None): the latest checkpoint of the run, else ``init_from`` / random."""
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    variables = initial_variables(cfg, s.model, init_rng)
+    variables = initial_variables(cfg, s.model, init_rng, classes)
     report = optimizer.param_group_report(variables["params"], cfg, s.frozen)
     log.info("parameter groups:\n%s", optimizer.format_param_group_report(report))
     state = init_state(s, variables, state_rng)
@@ -158,7 +158,7 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
         s = setup(cfg, mesh, steps_per_epoch)
         mngr = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints,
                                              classes=classes.to_json())
-        state, data_state = _initial_state(cfg, s, mngr)
+        state, data_state = _initial_state(cfg, s, mngr, classes)
         evaluator.forget_evals_after(workdir, int(state.step))
         train_iter = data_lib.build_train_iterator(
             cfg.data, seed=cfg.seed, start_step=int(state.step), state=data_state,
