@@ -22,9 +22,8 @@ from typing import List, Sequence
 from absl import flags
 
 from deim_jax import cli, data
-from deim_jax.data import census, prepare
+from deim_jax.data import census, coco, prepare, voc, yolo
 from deim_jax.data.classes import adopt_num_classes
-from deim_jax.data import coco, voc, yolo
 from deim_jax.evaluate.visualize import draw_batch
 
 _CONFIG = cli.define_config_flag()
