@@ -193,7 +193,7 @@ def coco_data(c: ml_collections.ConfigDict, *, eval_batch_size: int, base_size_r
 def yolo_data(c: ml_collections.ConfigDict, root: str, **schedule) -> ml_collections.ConfigDict:
     """A YOLO set (Ultralytics layout) at ``root``: a folder with data.yaml, or the yaml file
     (``deim_jax.data.yolo``); ``schedule``: the keyword arguments of ``coco_data`` but ``root``.
-    Set ``c.remap_mscoco_category = False`` and ``c.num_classes``."""
+    Set ``c.remap_mscoco_category = False`` (``c.num_classes`` 0 takes the count from the set)."""
     d = _data(c, batch_size=c.get_ref("batch_size"), **schedule)
     d.format, d.root = "yolo", root
     return d

@@ -61,6 +61,15 @@ def test_num_classes_zero_takes_them_from_the_data(tmp_path, caplog):
         c.num_classes = 7
         assert adopt_num_classes(c.data, r) == 7 and C.load_coco(d, a, 7).label_to_category == {0: 1, 1: 90}
     assert [rec.getMessage() for rec in caplog.records] == [f"num_classes=2 from {a}: names person, toothbrush"]
+    # --mode=eval: the classes a checkpoint was trained with win over those the val set lists
+    from deim_jax.data.classes import Classes
+
+    stored = Classes({0: "person", 1: "toothbrush", 2: "kite"}, {0: 1, 1: 90, 2: 38})
+    c.num_classes = 0
+    caplog.clear()
+    with caplog.at_level("INFO", logger="deim_jax"):
+        assert adopt_num_classes(c.data, r, stored, "runs/x/checkpoints") == 3 and c.num_classes == 3
+    assert caplog.records[0].getMessage() == "num_classes=3 from runs/x/checkpoints: names person, toothbrush, kite"
 
 
 def test_category_errors_name_file_and_ids(tmp_path):

@@ -33,9 +33,13 @@ class Classes:
     def of_records(cls, records) -> "Classes":
         return cls(dict(records.category_names), dict(records.label_to_category))
 
+    @property
+    def num_labels(self) -> int:
+        """The labels the table covers: its largest label + 1."""
+        return max([*self.names, *self.label_to_category], default=-1) + 1
+
     def to_json(self) -> Dict[str, Any]:
-        n = max([*self.names, *self.label_to_category], default=-1) + 1
-        return {"class_names": [self.names.get(label) for label in range(n)],
+        return {"class_names": [self.names.get(label) for label in range(self.num_labels)],
                 "label_to_category": {str(k): int(v) for k, v in sorted(self.label_to_category.items())}}
 
     @classmethod
@@ -53,14 +57,18 @@ def num_classes_of(records) -> int:
     return max(records.label_to_category) + 1
 
 
-def adopt_num_classes(d, records) -> int:
-    """``d.num_classes`` (the field shared with ``config.num_classes``), set from ``records`` when it
-    is ``FROM_DATA``, with one log line naming the classes; returns it."""
+def adopt_num_classes(d, records, stored: Optional[Classes] = None, stored_in: str = "") -> int:
+    """``d.num_classes`` (the field shared with ``config.num_classes``), set when it is ``FROM_DATA``
+    from ``stored`` (the classes a checkpoint in ``stored_in`` was trained with) if given, else from
+    ``records``, with one log line naming the classes; returns it."""
     if int(d.num_classes) == FROM_DATA:
-        d.num_classes = num_classes_of(records)
-        names = [records.category_names[k] for k in sorted(records.category_names)]
+        if stored is not None:
+            d.num_classes, names, source = stored.num_labels, stored.names, stored_in
+        else:
+            d.num_classes, names, source = num_classes_of(records), records.category_names, records.annotations_file
+        names = [names[k] for k in sorted(names)]
         more = f" ... ({len(names) - MAX_LOGGED} more)" if len(names) > MAX_LOGGED else ""
-        log.info("num_classes=%d from %s: names %s%s", int(d.num_classes), records.annotations_file,
+        log.info("num_classes=%d from %s: names %s%s", int(d.num_classes), source,
                  ", ".join(names[:MAX_LOGGED]), more)
     return int(d.num_classes)
 

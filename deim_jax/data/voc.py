@@ -65,6 +65,7 @@ def class_list(value) -> tuple:
     items = [value] if isinstance(value, str) else list(value)
     return tuple(name.strip() for item in items for name in str(item).split(",") if name.strip())
 
+
 # the counters this loader adds to ``stats`` -> (input, what happens), for deim_jax.tools.inspect_data
 STATS_BEHAVIOUR = {
     "no_annotation_file": ("VOC listed id without an XML", "background image, one warning"),

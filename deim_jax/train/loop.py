@@ -216,19 +216,18 @@ def _train(cfg, s: Setup, state, train_iter, val_records, classes, mngr, workdir
 def evaluate_checkpoint(cfg, workdir: str, use_ema: bool = True) -> Dict[str, Any]:
     """``--mode=eval``: COCO AP of the latest checkpoint of ``workdir`` (or of ``config.init_from``).
 
-    The checkpoint's stored classes map the model's labels to category ids (the val set's own
-    table for checkpoints saved without them); ``cfg.num_classes=0`` is taken from the val set."""
+    The checkpoint's stored classes map the model's labels to category ids and give
+    ``cfg.num_classes=0`` its value (the val set's own table for checkpoints saved without them)."""
     mesh = sharding.make_mesh()
     val_records = data_lib.load_split(cfg.data, "val")
-    adopt_num_classes(cfg.data, val_records)
-    s = setup(cfg, mesh)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     found = checkpoints.latest_weights(ckpt_dir, use_ema)
-    classes = None
+    classes = Classes.from_json(found["classes"]) if found is not None else None
+    adopt_num_classes(cfg.data, val_records, classes, ckpt_dir)
+    s = setup(cfg, mesh)
     if found is not None:
         variables, step = found["variables"], found["step"]
         epoch = int(np.asarray((found["data"] or {}).get("epoch", 0)))
-        classes = Classes.from_json(found["classes"])
         log.info("evaluating the %sweights of checkpoint step %d in %s", "EMA " if use_ema else "", step, ckpt_dir)
     elif cfg.init_from:
         variables, step, epoch = initial_variables(cfg, s.model, jax.random.PRNGKey(0)), 0, 0
