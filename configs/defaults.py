@@ -99,6 +99,7 @@ def run(name: str, recipe: str, *, epochs: int, batch_size: int, num_classes: in
         skip_nonfinite_steps=False,  # True: skip a step whose loss/gradient is not finite (logged)
         init_from="",  # official .pth or a deim_jax checkpoint directory (fine-tuning)
         keep_checkpoints=3,
+        checkpoint_ocdbt=False,  # True: orbax's OCDBT format (fewer files; more host memory kept per save)
         stage2_reload=True,  # reload the best stage-1 checkpoint at data.stop_epoch
     ))
 

@@ -82,6 +82,21 @@ def test_round_trip_bit_identical(tmp_path):
         _assert_identical(m.restore(target=state)["train"], state)
 
 
+def test_either_array_format_restores_with_either_manager(tmp_path):
+    """Runs saved in orbax's OCDBT format (the default before ``checkpoint_ocdbt=False``) resume
+    under the zarr-per-array default, and the other way round, bit-identically."""
+    state, cfg = _state(0)
+    for written, reader in ((True, False), (False, True)):
+        root = str(tmp_path / f"ck_{written}")
+        with CheckpointManager(root, ocdbt=written) as m:
+            m.save(1, state, config=cfg)
+        assert os.path.exists(os.path.join(root, "1", "state", "manifest.ocdbt")) == written
+        with CheckpointManager(root, ocdbt=reader) as m:
+            _assert_identical(m.restore(target=state)["train"], state)
+            m.save(2, state)  # and goes on saving in its own format
+            _assert_identical(m.restore(2, target=state)["train"], state)
+
+
 def test_class_names_are_stored_with_every_checkpoint(tmp_path):
     state, _ = _state(0, n=4)
     classes = Classes({0: "square", 1: "circle", 3: "cross"}, {0: 1, 1: 2, 2: 3, 3: 5})  # label 2: no name

@@ -91,7 +91,8 @@ class CheckpointManager:
     """
 
     def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = "AP",
-                 best_mode: str = "max", async_save: bool = False, classes: Optional[Dict[str, Any]] = None):
+                 best_mode: str = "max", async_save: bool = False, classes: Optional[Dict[str, Any]] = None,
+                 ocdbt: bool = False):
         self.directory = os.path.abspath(directory)
         self.classes = classes
         self.best_metric = best_metric
@@ -108,7 +109,10 @@ class CheckpointManager:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+        # ocdbt=False (one zarr folder per array): orbax's OCDBT path keeps ~0.2 MiB of host memory
+        # per save of 600 arrays that the plain zarr path does not (benchmarks/checkpoint_save_growth.py);
+        # either format restores, whichever wrote it.
+        handlers = {"state": ocp.StandardCheckpointHandler(use_ocdbt=ocdbt), "config": ocp.JsonCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 

@@ -157,7 +157,7 @@ def train_and_evaluate(cfg, workdir: str, stop_at_step: int = 0) -> Dict[str, An
         steps_per_epoch = data_lib.steps_per_epoch(cfg.data, train_records)
         s = setup(cfg, mesh, steps_per_epoch)
         mngr = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints,
-                                             classes=classes.to_json())
+                                             classes=classes.to_json(), ocdbt=cfg.checkpoint_ocdbt)
         state, data_state = _initial_state(cfg, s, mngr, classes)
         evaluator.forget_evals_after(workdir, int(state.step))
         train_iter = data_lib.build_train_iterator(
