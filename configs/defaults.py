@@ -100,7 +100,8 @@ def run(name: str, recipe: str, *, epochs: int, batch_size: int, num_classes: in
         init_from="",  # official .pth or a deim_jax checkpoint directory (fine-tuning)
         keep_checkpoints=3,
         checkpoint_ocdbt=False,  # True: orbax's OCDBT format (fewer files; more host memory kept per save)
-        stage2_reload=True,  # reload the best stage-1 checkpoint at data.stop_epoch
+        stage2_reload=True,  # official stage 2: reload the best stage-1 checkpoint at data.stop_epoch and after
+        # every stage-2 epoch that does not improve (those epochs and the last stage-1 one are evaluated)
     ))
 
 

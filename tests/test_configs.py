@@ -35,6 +35,22 @@ def test_deim_and_baseline_recipes_differ_where_official_ones_do():
     assert deim.epochs == 58 and base.epochs == 80
 
 
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def test_demo_baseline_is_the_demo_model_and_data_with_the_baseline_recipe():
+    deim, base = (_flat(configs.get_config(n).to_dict()) for n in ("demo", "demo_baseline"))
+    differ = {k for k in deim.keys() | base.keys() if deim.get(k) != base.get(k)}
+    assert differ == {"name", "recipe", "loss.losses", "loss.gamma", "schedule.name", "optimizer.groups",
+                      "data.policy_epochs", "data.mixup_epochs", "data.mosaic_prob", "data.mixup_prob"}
+    assert base["loss.losses"][0] == "vfl" and base["schedule.name"] == "linear_warmup"
+    assert base["data.policy_epochs"] == (0, 0, deim["data.stop_epoch"]) and base["data.mixup_prob"] == 0.0
+
+
 def test_path_form_and_multiscale_settings():
     cfg = configs.get_config(configs.CONFIG_DIR + "/dfine.py:s")
     assert cfg.name == "dfine_s"

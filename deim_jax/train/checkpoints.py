@@ -7,12 +7,14 @@ One checkpoint (directory ``<root>/<step>``) holds three items:
   opt_state, step, rng ...; a ``TrainState`` dataclass works), arrays saved with their values
   bit-exactly;
 * ``config``: the experiment config as JSON;
-* ``meta``: JSON ``{'step', 'metrics', 'classes'}``; ``classes`` is what the manager was given (the
-  run's class names and category ids, ``deim_jax.data.classes.Classes.to_json``), absent in
-  checkpoints saved before it was stored (restored as None).
+* ``meta``: JSON ``{'step', 'metrics', 'classes', 'loop'}``; ``classes`` is what the manager was
+  given (the run's class names and category ids, ``deim_jax.data.classes.Classes.to_json``), absent
+  in checkpoints saved before it was stored (restored as None); ``loop`` is the trainer's own JSON
+  state passed to ``save`` (the stage-2 rule's), None when absent.
 
 Retention: the last ``max_to_keep`` checkpoints plus the best one by ``best_metric`` (``'AP'``,
-higher is better by default); checkpoints saved without that metric only count as "latest".
+higher is better by default) and the best one by each metric of ``keep_best_of`` (e.g. the best
+stage-1 AP, which stage 2 reloads); checkpoints saved without a metric do not count for it.
 
 Atomicity: orbax writes every checkpoint into a temporary directory and renames it into place once
 complete (after all items are written), so a save killed mid-way leaves at most a
@@ -35,12 +37,14 @@ sharding. Without a target arrays come back as host numpy arrays in plain nested
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import re
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import numpy as np
@@ -48,6 +52,16 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 log = logging.getLogger(__name__)
+
+
+class _WithoutOcdbtMergeNotice(logging.Filter):
+    """orbax warns at every save without OCDBT that it found no OCDBT files to merge."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_WithoutOcdbtMergeNotice())
 
 
 class CheckpointError(RuntimeError):
@@ -83,16 +97,16 @@ def abstract_like(tree: Any, sharding: Optional[Any] = None) -> Any:
 class CheckpointManager:
     """Keep-last-N-plus-best checkpoints of a training run.
 
-    ``save(step, train_state, data_state=None, config=None, metrics=None)``;
-    ``restore(step=None, target=None) -> {'train', 'data', 'config', 'metrics', 'step', 'classes'}``
+    ``save(step, train_state, data_state=None, config=None, metrics=None, loop=None)``;
+    ``restore(step=None, target=None) -> {'train', 'data', 'config', 'metrics', 'step', 'classes', 'loop'}``
     (``target`` = the abstract *train* state, optionally ``target_data`` for the data position);
-    ``restore_best``; ``latest_step``; ``best_step``; ``all_steps``. ``classes`` (JSON) is written
-    into the meta of every save.
+    ``restore_best(metric=None)``; ``latest_step``; ``best_step(metric=None)``; ``all_steps``.
+    ``classes`` (JSON) is written into the meta of every save.
     """
 
     def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = "AP",
                  best_mode: str = "max", async_save: bool = False, classes: Optional[Dict[str, Any]] = None,
-                 ocdbt: bool = False):
+                 ocdbt: bool = False, keep_best_of: Sequence[str] = ()):
         self.directory = os.path.abspath(directory)
         self.classes = classes
         self.best_metric = best_metric
@@ -100,8 +114,8 @@ class CheckpointManager:
         self._cleaned = False
         self._unreadable: Dict[int, str] = {}  # step -> why it could not be read
         policies = [ocm.LatestN(n=max_to_keep)]
-        if best_metric is not None:
-            policies.append(ocm.BestN(get_metric_fn=self._metric_value, reverse=(best_mode == "min"), n=1,
+        for name in ([best_metric] if best_metric is not None else []) + list(keep_best_of):
+            policies.append(ocm.BestN(get_metric_fn=functools.partial(self._metric_value, name), n=1,
                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
@@ -116,8 +130,11 @@ class CheckpointManager:
                     "meta": ocp.JsonCheckpointHandler()}
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
-    def _metric_value(self, metrics) -> float:
-        return float(metrics[self.best_metric])
+    def _metric_value(self, name: str, metrics) -> float:
+        """Rank for retention, higher is better; a checkpoint without the metric ranks last."""
+        if name not in metrics:
+            return -math.inf
+        return float(metrics[name]) * (-1.0 if self.best_mode == "min" else 1.0)
 
     # ---- queries -------------------------------------------------------------------------------
     def all_steps(self):
@@ -128,22 +145,28 @@ class CheckpointManager:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
-    def best_step(self) -> Optional[int]:
-        """Step with the best ``best_metric`` among kept checkpoints (None if none has it)."""
+    def best_step(self, metric: Optional[str] = None) -> Optional[int]:
+        """Step with the best ``metric`` (default ``best_metric``) among kept checkpoints (None if none
+        has it); the earliest of equal ones."""
+        metric = metric or self.best_metric
         best, best_v = None, None
         for s in self.all_steps():
             try:
-                m = self._read_meta(s).get("metrics") or {}
+                m = self.metrics(s)
             except Exception as e:  # an unreadable checkpoint is never the best one
                 self._mark_unreadable(s, e)
                 continue
-            if self.best_metric not in m:
+            if metric not in m:
                 continue
-            v = float(m[self.best_metric])
+            v = float(m[metric])
             better = best_v is None or (v > best_v if self.best_mode == "max" else v < best_v)
             if better:
                 best, best_v = s, v
         return best
+
+    def metrics(self, step: int) -> Dict[str, float]:
+        """The metrics saved with checkpoint ``step``."""
+        return self._read_meta(step).get("metrics") or {}
 
     def _read_meta(self, step: int) -> Dict[str, Any]:
         out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -151,8 +174,10 @@ class CheckpointManager:
 
     # ---- save / restore ------------------------------------------------------------------------
     def save(self, step: int, train_state: Any, data_state: Any = None, config: Any = None,
-             metrics: Optional[Dict[str, float]] = None, force: bool = False) -> bool:
-        """Save a checkpoint for ``step`` (an int). ``metrics`` (e.g. ``{'AP': 0.41}``) drive best-retention."""
+             metrics: Optional[Dict[str, float]] = None, force: bool = False,
+             loop: Optional[Dict[str, Any]] = None) -> bool:
+        """Save a checkpoint for ``step`` (an int). ``metrics`` (e.g. ``{'AP': 0.41}``) drive best-retention;
+        ``loop``: JSON-able trainer state, returned by ``restore``."""
         step = int(step)
         if not self._cleaned:
             _remove_partial_saves(self.directory)
@@ -168,7 +193,8 @@ class CheckpointManager:
                     state=ocp.args.StandardSave(state),
                     config=ocp.args.JsonSave(config_to_json(config)),
                     meta=ocp.args.JsonSave({"step": step, "metrics": metrics,
-                                            **({"classes": self.classes} if self.classes else {})}),
+                                            **({"classes": self.classes} if self.classes else {}),
+                                            **({"loop": loop} if loop else {})}),
                 ),
                 metrics=metrics if metrics else None,
                 force=force,
@@ -245,16 +271,17 @@ class CheckpointManager:
             "metrics": meta.get("metrics", {}),
             "step": int(meta.get("step", step)),
             "classes": meta.get("classes"),
+            "loop": meta.get("loop"),
         }
 
-    def restore_best(self, target: Any = None, target_data: Any = None) -> Dict[str, Any]:
-        """Restore the best checkpoint by ``best_metric`` (the next best if it is unreadable)."""
-        while (step := self.best_step()) is not None:
+    def restore_best(self, target: Any = None, target_data: Any = None, metric: Optional[str] = None) -> Dict[str, Any]:
+        """Restore the best checkpoint by ``metric`` (default ``best_metric``; the next best if it is unreadable)."""
+        while (step := self.best_step(metric)) is not None:
             try:
                 return self._restore_step(step, target, target_data)
             except Exception as e:
                 self._mark_unreadable(step, e)
-        raise FileNotFoundError(f"no readable checkpoint with metric {self.best_metric!r} in {self.directory}")
+        raise FileNotFoundError(f"no readable checkpoint with metric {metric or self.best_metric!r} in {self.directory}")
 
     def close(self):
         self._mngr.wait_until_finished()
