@@ -14,7 +14,8 @@ import pytest
 from deim_jax import configs
 
 DOCS = [os.path.join(configs.REPO_ROOT, "README.md")] + sorted(
-    glob.glob(os.path.join(configs.REPO_ROOT, "docs", "*.md")))
+    glob.glob(os.path.join(configs.REPO_ROOT, "docs", "*.md"))
+    + glob.glob(os.path.join(configs.REPO_ROOT, "experiments", "**", "README.md"), recursive=True))
 
 
 def _commands():

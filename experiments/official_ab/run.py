@@ -13,9 +13,10 @@ never copied into this repository.
 
 Runs are resumable: an arm/seed whose log already holds every epoch is skipped, and deim_jax
 resumes an interrupted run from its checkpoint (the official trainer restarts that seed).
-Outputs (``--out``, default ``experiments/official_ab/out``): one folder per arm and seed with
-the trainer's own log; ``results.json`` (AP, AP50 per arm, seed, epoch; wall time per run),
-``results.md`` (mean and range per epoch) and ``curves.png`` (matplotlib, the ``plots`` extra).
+Runs go to ``--runs`` (default ``experiments/official_ab/runs``, not committed): one folder per
+arm and seed with the trainer's own log. The report goes next to this script: ``results.json``
+(AP, AP50 per arm, seed, epoch; wall time per run), ``results.md`` (mean and range per epoch)
+and ``curves.png`` (matplotlib, the ``plots`` extra).
 
 The official trainer needs torch (the ``torch`` extra), ``torchvision==0.16.2`` (``--no-deps``:
 newer ones pull other torch builds), ``faster-coco-eval``, PyYAML, SciPy and TensorBoard in the
@@ -52,7 +53,7 @@ def official_yaml(c, official: str, data_root: str, ann_dir: str, out_dir: str) 
     enc, dec, d = c.model.encoder, c.model.decoder, c.data
     groups = c.optimizer.groups
     assert len(groups) == 3, "the N recipe has three parameter groups"
-    g = [dict(params=x.regex, lr=x.lr, weight_decay=x.weight_decay) for x in groups]
+    g = [dict(params=x["regex"], lr=x["lr"], weight_decay=x["weight_decay"]) for x in groups]
     lines = [
         f"__include__: ['{official}/configs/deim_dfine/deim_hgnetv2_n_coco.yml']",
         f"output_dir: {out_dir}",
@@ -166,7 +167,7 @@ CURVES = {"official": official_curve, "deim_jax": deim_jax_curve}
 
 # ---- running -----------------------------------------------------------------------------------
 def run_official(args, c, seed: int, run_dir: str) -> None:
-    ann_dir = os.path.join(args.out, "official_annotations")
+    ann_dir = os.path.join(args.runs, "official_annotations")
     os.makedirs(ann_dir, exist_ok=True)
     for split in ("train", "val"):
         remap_categories(os.path.join(REPO, c.data.root, "annotations", f"instances_{split}.json"),
@@ -203,11 +204,11 @@ def _run(cmd, run_dir: str, env=None) -> None:
 
 
 # ---- report ------------------------------------------------------------------------------------
-def collect(out: str, epochs: int):
+def collect(runs: str, epochs: int):
     results = {}
     for arm in ARMS:
-        for name in sorted(os.listdir(os.path.join(out, arm))) if os.path.isdir(os.path.join(out, arm)) else []:
-            run_dir = os.path.join(out, arm, name)
+        for name in sorted(os.listdir(os.path.join(runs, arm))) if os.path.isdir(os.path.join(runs, arm)) else []:
+            run_dir = os.path.join(runs, arm, name)
             curve = CURVES[arm](run_dir)
             if len(curve) < epochs:
                 continue
@@ -272,8 +273,8 @@ def plot(results, path: str) -> bool:
     return True
 
 
-def report(out: str, epochs: int) -> None:
-    results = collect(out, epochs)
+def report(runs: str, out: str, epochs: int) -> None:
+    results = collect(runs, epochs)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = summary_table(results, epochs)
@@ -289,7 +290,8 @@ def main(argv=None) -> None:
     p.add_argument("--official_python", default=sys.executable, help="Python with torch, torchvision, faster-coco-eval")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--out", default=os.path.join(HERE, "out"))
+    p.add_argument("--runs", default=os.path.join(HERE, "runs"), help="run folders (not committed)")
+    p.add_argument("--report_dir", default=HERE, help="where results.json, results.md, curves.png go")
     p.add_argument("--report", action="store_true", help="only collect the finished runs and write the report")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the demo config's data root is relative to the repository
@@ -306,12 +308,12 @@ def main(argv=None) -> None:
         prepare.check_or_generate(c.data)  # the demo set, as --config=demo writes it
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in arms:
-                run_dir = os.path.join(args.out, arm, f"seed{seed}")
+                run_dir = os.path.join(args.runs, arm, f"seed{seed}")
                 if len(CURVES[arm](run_dir)) >= c.epochs:
                     print(f"{arm} seed {seed}: done, skipped")
                     continue
                 (run_official if arm == "official" else run_deim_jax)(args, c, seed, run_dir)
-    report(args.out, int(c.epochs))
+    report(args.runs, args.report_dir, int(c.epochs))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# A Python environment for the official DEIM trainer at .venv-official (repository root): torch's CPU
+# wheel, torchvision 0.16.2 without its dependencies (they would pull another torch), faster-coco-eval,
+# and what the official train.py imports. Usage: experiments/official_ab/setup_official.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ ! -x .venv-official/bin/python ]; then
+  python3.11 -m venv .venv-official 2>/dev/null || python3 -m venv .venv-official
+fi
+.venv-official/bin/python -m pip install -q torch==2.13.0 numpy==2.4.6 pillow==13.0.0 pyyaml==6.0.4 scipy==1.17.1 \
+  tensorboard==2.21.0 faster-coco-eval==1.8.0 requests==2.34.2
+.venv-official/bin/python -m pip install -q --no-deps torchvision==0.16.2
