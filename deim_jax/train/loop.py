@@ -214,7 +214,8 @@ def _start_epoch(cfg, mngr, state, rule: Stage2Rule, epoch: int, stage2: Optiona
     """Log the epoch policy's changes; apply the stage-2 reloads due at the start of ``epoch``."""
     changes = changes_at(cfg.data, epoch, first)
     if changes:
-        log.info("epoch %d%s: %s", epoch, " (start of the run)" if first else "", "; ".join(changes))
+        when = "" if not first else " (resumed)" if int(state.step) > 0 else " (start of the run)"
+        log.info("epoch %d%s: %s", epoch, when, "; ".join(changes))
     if stage2 is None or epoch < stage2:
         return state
     if epoch == stage2 and not (first and rule.running_best is not None):  # not yet done before a resume
