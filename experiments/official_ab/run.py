@@ -261,7 +261,7 @@ def plot(results, path: str) -> bool:
         runs = list(results[arm].values())
         epochs = runs[0]["epochs"]
         aps = [[r["AP"][i] for r in runs] for i in range(len(epochs))]
-        ax.plot(epochs, [statistics.mean(v) for v in aps], color=color, label=f"{arm} (mean of {len(runs)} seeds)")
+        ax.plot(epochs, [statistics.mean(v) for v in aps], color=color, label=f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''}: mean, range)")
         ax.fill_between(epochs, [min(v) for v in aps], [max(v) for v in aps], color=color, alpha=0.25)
     ax.set_xlabel("epoch")
     ax.set_ylabel("COCO AP (EMA weights, 64 val images)")
