@@ -25,7 +25,7 @@ def test_rule_resets_after_a_non_improving_epoch():
     rule = Stage2Rule()
     rule.start(0.3)
     assert [rule.after_eval(ap) for ap in (0.25, 0.1, 0.2, 0.2, 0.4)] == [True, False, False, True, False]
-    assert rule == Stage2Rule(running_best=0.4, reload_pending=True)  # the pending reload of the 4th
+    assert rule == Stage2Rule(started=True, running_best=0.4, reload_pending=True)  # the pending reload of the 4th
     assert Stage2Rule.from_json(rule.to_json()) == rule and Stage2Rule.from_json(None) == Stage2Rule()
     rule.start(None)  # no evaluated stage-1 checkpoint: the first stage-2 AP is the running best
     assert not rule.after_eval(0.0)
@@ -113,7 +113,7 @@ def test_stage2_reloads_and_resumes_identically(data_root, tmp_path, scripted, c
         assert m.all_steps() == [2 * SPE, 5 * SPE, 6 * SPE]
         assert m.best_step(loop.STAGE1_AP) == 2 * SPE and m.best_step() == 5 * SPE
         assert loop.STAGE1_AP not in m.metrics(5 * SPE)
-        assert m.restore(6 * SPE)["loop"] == {"stage2": {"running_best": None, "reload_pending": True}}
+        assert m.restore(6 * SPE)["loop"] == {"stage2": {"started": True, "running_best": None, "reload_pending": True}}
         want = m.restore(6 * SPE)["train"]
 
     # Killed right after the non-improving epoch 4 (its reload pending):

@@ -218,7 +218,7 @@ def _start_epoch(cfg, mngr, state, rule: Stage2Rule, epoch: int, stage2: Optiona
         log.info("epoch %d%s: %s", epoch, when, "; ".join(changes))
     if stage2 is None or epoch < stage2:
         return state
-    if epoch == stage2 and not (first and rule.running_best is not None):  # not yet done before a resume
+    if epoch == stage2 and not rule.started:
         state, ap = _reload_best_stage1(mngr, state, f"stage 2 starts at epoch {epoch} (no augmentation)")
         rule.start(ap)
         log.info("stage 2: EMA decay unchanged (the official ema_restart_decay is a no-op); the lr schedule "

@@ -19,12 +19,13 @@ from typing import Any, Dict, Optional
 
 @dataclasses.dataclass
 class Stage2Rule:
+    started: bool = False  # the reload at stop_epoch is done
     running_best: Optional[float] = None  # AP to beat; None right after a reset
     reload_pending: bool = False  # reload the best stage-1 checkpoint before the next epoch
 
     def start(self, stage1_best_ap: Optional[float]) -> None:
         """At ``stop_epoch``, after reloading the best stage-1 checkpoint."""
-        self.running_best, self.reload_pending = stage1_best_ap, False
+        self.started, self.running_best, self.reload_pending = True, stage1_best_ap, False
 
     def after_eval(self, ap: float) -> bool:
         """Record a stage-2 evaluation; True if it did not improve (a reload is now pending)."""
