@@ -151,6 +151,21 @@ def test_keep_last_n_plus_best(tmp_path):
         assert m.all_steps() == [6, 7] and m.best_step() == 7
 
 
+def test_best_checkpoints_survive_a_reopened_manager(tmp_path):
+    """A resumed run opens a new manager: the best checkpoints of the earlier process (by AP and by a
+    ``keep_best_of`` metric) are still ranked and kept when it saves worse or unevaluated ones."""
+    state = _state(0, n=4)[0]
+    saved = {1: {"AP": 0.5, "stage1_AP": 0.5}, 2: {"AP": 0.2, "stage1_AP": 0.2}, 3: None}
+    with CheckpointManager(str(tmp_path / "ck"), max_to_keep=2, keep_best_of=("stage1_AP",)) as m:
+        for step, metrics in saved.items():
+            m.save(step, state, metrics=metrics)
+    with CheckpointManager(str(tmp_path / "ck"), max_to_keep=2, keep_best_of=("stage1_AP",)) as m:
+        m.save(4, state, metrics={"AP": 0.3})
+        m.save(5, state)
+        assert m.all_steps() == [1, 4, 5]
+        assert m.best_step() == m.best_step("stage1_AP") == 1
+
+
 def test_leftover_tmp_dir_does_not_hide_last_good_checkpoint(tmp_path):
     state, _ = _state(1, n=4)
     root = tmp_path / "ck"

@@ -116,10 +116,11 @@ def test_stage2_reloads_and_resumes_identically(data_root, tmp_path, scripted, c
         assert m.restore(6 * SPE)["loop"] == {"stage2": {"started": True, "running_best": None, "reload_pending": True}}
         want = m.restore(6 * SPE)["train"]
 
-    # Killed right after the non-improving epoch 4 (its reload pending):
-    # the resumed run takes the same decisions and ends bit-identical.
+    # Killed in the middle of the first stage-2 epoch, then right after the non-improving epoch 4 (its
+    # reload pending): the resumed runs still find the best stage-1 checkpoint, take the same decisions
+    # and end bit-identical.
     split = str(tmp_path / "split")
-    for stop in (4 * SPE, 0):
+    for stop in (3 * SPE + 1, 4 * SPE, 0):
         loop.train_and_evaluate(cfg, split, stop_at_step=stop)
     with checkpoints.CheckpointManager(os.path.join(split, "checkpoints")) as m:
         got = m.restore(6 * SPE)["train"]

@@ -56,7 +56,8 @@ def _background(rng, w, h):
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _draw(draw, cat, x0, y0, s, color):
+def draw_shape(draw, cat, x0, y0, s, color):
+    """Fill shape ``cat`` (a demo category id) into the ``s``-px square at (x0, y0)."""
     if cat == 1:
         draw.rectangle([x0, y0, x0 + s - 1, y0 + s - 1], fill=color)
     elif cat == 2:
@@ -88,12 +89,12 @@ def make_image(rng):
         cat = int(rng.choice([c["id"] for c in CATEGORIES]))
         color = tuple(int(np.clip(c + v, 0, 255)) for c, v in zip(_CLASS_COLORS[cat], rng.integers(-35, 36, size=3)))
         layer = Image.new("L", (w, h), 0)
-        _draw(ImageDraw.Draw(layer), cat, x0, y0, s, 255)
+        draw_shape(ImageDraw.Draw(layer), cat, x0, y0, s, 255)
         m = np.asarray(layer) > 0
         ys, xs = np.nonzero(m)
         if len(xs) == 0:
             continue
-        _draw(draw, cat, x0, y0, s, color)
+        draw_shape(draw, cat, x0, y0, s, color)
         mask |= m
         bx, by = int(xs.min()), int(ys.min())
         anns.append((cat, [bx, by, int(xs.max()) + 1 - bx, int(ys.max()) + 1 - by]))
@@ -111,7 +112,8 @@ def _stem(iid):
     return f"{iid:012d}"
 
 
-def _write_coco(out, split, samples):
+def write_coco(out, split, samples):
+    """Write ``samples`` ((image id, PIL image, [(category_id, xywh)])) as COCO images + json; returns the json."""
     os.makedirs(os.path.join(out, split), exist_ok=True)
     images, annotations = [], []
     for iid, img, anns in samples:
@@ -180,7 +182,7 @@ def _write_voc(out, split, samples):
     return path
 
 
-_WRITERS = {"coco": _write_coco, "yolo": _write_yolo, "voc": _write_voc}
+_WRITERS = {"coco": write_coco, "yolo": _write_yolo, "voc": _write_voc}
 
 
 def write_split(out, split, num, seed, first_id, format="coco"):

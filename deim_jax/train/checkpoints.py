@@ -54,14 +54,17 @@ from orbax.checkpoint import checkpoint_managers as ocm
 log = logging.getLogger(__name__)
 
 
-class _WithoutOcdbtMergeNotice(logging.Filter):
-    """orbax warns at every save without OCDBT that it found no OCDBT files to merge."""
+class _WithoutRoutineNotices(logging.Filter):
+    """orbax warns at every save without OCDBT that it found no OCDBT files to merge, and at every
+    save without metrics (mid-epoch stops, epochs not evaluated) that it tracks metrics."""
+
+    _NOTICES = ("Skipping merge of OCDBT checkpoints", "Requested `tracked_metric`; did not provide metrics")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+        return not any(n in record.getMessage() for n in self._NOTICES)
 
 
-logging.getLogger("absl").addFilter(_WithoutOcdbtMergeNotice())
+logging.getLogger("absl").addFilter(_WithoutRoutineNotices())
 
 
 class CheckpointError(RuntimeError):
@@ -119,6 +122,10 @@ class CheckpointManager:
                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
+            # with a best_fn orbax writes each save's metrics into the step folder, so a manager
+            # opened on a resumed run ranks the earlier checkpoints too (without one it forgets them
+            # and the next save deletes the best ones); the ranking itself is the policies' above
+            best_fn=lambda metrics: 0.0,
             cleanup_tmp_directories=False,  # done by the first save(): a reader must not touch a live run
             enable_async_checkpointing=async_save,
             create=True,

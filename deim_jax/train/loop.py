@@ -89,10 +89,11 @@ def _reload_best_stage1(mngr, state: TrainState, why: str) -> Tuple[TrainState, 
     the global iteration). The EMA decay follows the global step too (the official one restores its
     update count; both are at the decay's plateau by then). Unchanged state if no stage-1
     checkpoint was evaluated."""
-    if mngr.best_step(STAGE1_AP) is None:
+    try:
+        restored = mngr.restore_best(target=state, metric=STAGE1_AP)
+    except FileNotFoundError:
         log.warning("%s: no evaluated stage-1 checkpoint to reload; training goes on from the current weights", why)
         return state, None
-    restored = mngr.restore_best(target=state, metric=STAGE1_AP)
     best, ap = restored["train"], restored["metrics"][STAGE1_AP]
     log.info("%s: reloaded the best stage-1 checkpoint (step %d, AP %.4f): weights, EMA, optimizer moments",
              why, restored["step"], ap)
