@@ -6,17 +6,17 @@ What makes it harder than the demo set (``deim_jax.data.demo``), image by image:
 
 * photographic backgrounds: a random crop (30-100% of the short side) of one of scikit-image's
   bundled photos (``skimage.data``, offline), flipped at random, its brightness and contrast jittered;
-* 4-20 objects (the demo's 1-6), sizes log-uniform from 6 px to half the short side (strong scale
+* 3-12 objects (the demo's 1-6), sizes log-uniform from 8 px to half the short side (strong scale
   variation, many small objects);
 * occlusion: objects may overlap, later ones cover earlier ones; a box is the tight extent of the
   pixels left visible, and an object with less than 40% of its pixels visible is not labelled
   (it is covered, not hidden: at most a sliver of it shows);
-* weaker colour cues: each class keeps a base hue, jittered by +-60 per channel, and every object
-  is shaded by the background's texture;
-* clutter: 2-8 unlabelled distractors per image (rings, bars, ellipses in random colours), which
+* noisier colour cues: each class keeps a base hue (jittered by +-40 per channel, the demo's +-35), and
+  every object is shaded by the background's texture;
+* clutter: 1-5 unlabelled distractors per image (rings, bars, ellipses in random colours), which
   occlude like objects do.
 
-Image sizes 160-320 px per side. COCO layout as the demo set (``instances_{train,val}.json``,
+Image sizes 160-256 px per side. COCO layout as the demo set (``instances_{train,val}.json``,
 category ids 1, 2, 3, 5). Same seed -> byte-identical files. Needs scikit-image (the
 ``experiments`` extra).
 """
@@ -83,22 +83,22 @@ def _distractor(draw, rng, w: int, h: int, color) -> None:
 
 def make_image(rng, photos) -> Tuple[Image.Image, List[Tuple[int, List[int]]]]:
     """One image (PIL RGB) and its annotations [(category_id, [x, y, w, h])] (visible extents)."""
-    w, h = int(rng.integers(160, 321)), int(rng.integers(160, 321))
+    w, h = int(rng.integers(160, 257)), int(rng.integers(160, 257))
     bg = _background(rng, photos, w, h)
     texture = bg.mean(-1, keepdims=True) / 255.0
     img = bg.copy()
     owner = np.full((h, w), -1, np.int32)  # which object a pixel shows (-1 background, -2 distractor)
     full_area = []
     cats = [c["id"] for c in CATEGORIES]
-    kinds = ["object"] * int(rng.integers(4, 21)) + ["distractor"] * int(rng.integers(2, 9))
+    kinds = ["object"] * int(rng.integers(3, 13)) + ["distractor"] * int(rng.integers(1, 6))
     for kind in rng.permutation(kinds):
         layer = Image.new("L", (w, h), 0)
         if kind == "object":
             cat = int(rng.choice(cats))
-            s = int(np.exp(rng.uniform(np.log(6), np.log(min(w, h) // 2))))
+            s = int(np.exp(rng.uniform(np.log(8), np.log(min(w, h) // 2))))
             x0, y0 = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
             draw_shape(ImageDraw.Draw(layer), cat, x0, y0, s, 255)
-            color = np.clip(np.array(_CLASS_COLORS[cat]) + rng.integers(-60, 61, size=3), 0, 255)
+            color = np.clip(np.array(_CLASS_COLORS[cat]) + rng.integers(-40, 41, size=3), 0, 255)
         else:
             color = rng.integers(0, 256, size=3)
             _distractor(ImageDraw.Draw(layer), rng, w, h, 255)
@@ -112,14 +112,21 @@ def make_image(rng, photos) -> Tuple[Image.Image, List[Tuple[int, List[int]]]]:
             full_area.append((cat, int(m.sum())))
         else:
             owner[m] = -2
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), visible_boxes(owner, full_area)
+
+
+def visible_boxes(owner: np.ndarray, objects) -> List[Tuple[int, List[int]]]:
+    """[(category_id, [x, y, w, h])]: the tight extent of the pixels of ``owner`` ([H, W], object index per
+    pixel) showing each object of ``objects`` ([(category_id, full area in pixels)]), for those with at
+    least ``MIN_VISIBLE`` of their area visible."""
     anns = []
-    for k, (cat, area) in enumerate(full_area):
+    for k, (cat, area) in enumerate(objects):
         ys, xs = np.nonzero(owner == k)
         if len(xs) < MIN_VISIBLE * area:
             continue
         bx, by = int(xs.min()), int(ys.min())
         anns.append((cat, [bx, by, int(xs.max()) + 1 - bx, int(ys.max()) + 1 - by]))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), anns
+    return anns
 
 
 def generate(out: str, num_train: int = 256, num_val: int = 128, seed: int = 0) -> dict:
