@@ -1,17 +1,17 @@
 """What the Dense O2O training pipeline does in a given epoch (deim_dfine.md §8.3), in words.
 
-``pipeline.train_example_fn`` / ``train_batch_fn`` apply the same boundaries inside tf.data; this
-module only describes them, without TensorFlow, so the training loop can log each change as it
-happens. ``epoch`` is 0-based; ``d`` is ``config.data``.
+The boundaries are defined here once (``windows``): ``pipeline.train_example_fn`` /
+``train_batch_fn`` apply them inside tf.data, and the training loop logs each change as it happens
+(no TensorFlow here). ``epoch`` is 0-based; ``d`` is ``config.data``.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 
-def epoch_policy(d, epoch: int) -> Dict[str, bool]:
-    """``{'augment', 'mosaic', 'mixup', 'multiscale'}`` switches of ``epoch``.
+def windows(d) -> Dict[str, Tuple[int, int]]:
+    """``{'augment', 'mosaic', 'mixup', 'multiscale'}`` -> [first, end) epochs of each switch.
 
     augment: photometric distortion, with zoom-out + IoU crop on images without Mosaic;
     mosaic: Mosaic on a ``mosaic_prob`` share of the images; mixup: MixUp on a ``mixup_prob`` share
@@ -19,11 +19,21 @@ def epoch_policy(d, epoch: int) -> Dict[str, bool]:
     e0, e1, e2 = (int(e) for e in d.policy_epochs)
     m0, m1 = (int(e) for e in d.mixup_epochs)
     return {
-        "augment": e0 <= epoch < e2,
-        "mosaic": e0 <= epoch < min(e1, e2),
-        "mixup": m0 <= epoch < m1,
-        "multiscale": d.base_size_repeat is not None and epoch < int(d.stop_epoch),
+        "augment": (e0, e2),
+        "mosaic": (e0, min(e1, e2)),
+        "mixup": (m0, m1),
+        "multiscale": (0, int(d.stop_epoch)) if d.base_size_repeat is not None else (0, 0),
     }
+
+
+def within(window: Tuple[int, int], epoch):
+    """``first <= epoch < end`` for an int or a tensor (the pipeline's epoch)."""
+    return (epoch >= window[0]) & (epoch < window[1])
+
+
+def epoch_policy(d, epoch: int) -> Dict[str, bool]:
+    """The switches of ``windows`` in ``epoch``: ``{'augment': True, 'mosaic': False, ...}``."""
+    return {name: bool(within(w, epoch)) for name, w in windows(d).items()}
 
 
 _WORDS = {

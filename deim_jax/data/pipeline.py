@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from deim_jax.data import coco as coco_lib
+from deim_jax.data import epoch_policy
 from deim_jax.data import transforms as T
 from deim_jax.data.sources import hide_gpus_from_tf, load_split
 from deim_jax.errors import ConfigError, DataError
@@ -91,11 +92,9 @@ class _Tables:
 def policy_config(d) -> dict:
     """The augmentation-policy fields of the data block ``d`` as plain Python values."""
     return dict(
-        policy_epochs=tuple(d.policy_epochs),
+        windows=epoch_policy.windows(d),
         mosaic_prob=float(d.mosaic_prob),
         mixup_prob=float(d.mixup_prob),
-        mixup_epochs=tuple(d.mixup_epochs),
-        stop_epoch=int(d.stop_epoch),
         base_size_repeat=d.base_size_repeat,
         multiscale_buckets=d.multiscale_buckets,
         image_size=int(d.image_size),
@@ -106,7 +105,7 @@ def policy_config(d) -> dict:
 
 def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 0):
     """(idx, pos, epoch) -> one augmented, padded example (dict of tensors)."""
-    e0, e1, e2 = pc["policy_epochs"]
+    windows = pc["windows"]
     size = pc["image_size"]
 
     def fn(idx, pos, epoch):
@@ -114,8 +113,8 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
             tf.random.experimental.stateless_fold_in(
                 tf.constant([seed, 2 * process_index], tf.int64), epoch), pos)
         s = T.split_seed(s, 8)
-        in_policy = (epoch >= e0) & (epoch < e2)
-        with_mosaic = in_policy & (epoch < e1) & (T.uniform(s[0]) <= pc["mosaic_prob"])
+        in_policy = epoch_policy.within(windows["augment"], epoch)
+        with_mosaic = epoch_policy.within(windows["mosaic"], epoch) & (T.uniform(s[0]) <= pc["mosaic_prob"])
         img, boxes, labels = tables.load(idx)
 
         def do_mosaic():
@@ -158,7 +157,7 @@ def _scales(pc):
 
 def train_batch_fn(pc: dict, seed: int, process_index: int = 0):
     scales = tf.constant(_scales(pc), tf.int32)
-    m0, m1 = pc["mixup_epochs"]
+    windows = pc["windows"]
     multiscale = pc["base_size_repeat"] is not None
 
     def fn(batch):
@@ -167,10 +166,10 @@ def train_batch_fn(pc: dict, seed: int, process_index: int = 0):
             tf.random.experimental.stateless_fold_in(
                 tf.constant([seed, 2 * process_index + 1], tf.int64), epoch), first)
         s = T.split_seed(s, 2)
-        batch = T.mixup(batch, s[0], pc["mixup_prob"], (epoch >= m0) & (epoch < m1))
+        batch = T.mixup(batch, s[0], pc["mixup_prob"], epoch_policy.within(windows["mixup"], epoch))
         if multiscale:
             k = tf.random.stateless_uniform([], s[1], 0, tf.shape(scales)[0], tf.int32)
-            sz = tf.where(epoch < pc["stop_epoch"], scales[k], pc["image_size"])
+            sz = tf.where(epoch_policy.within(windows["multiscale"], epoch), scales[k], pc["image_size"])
             batch["image"] = tf.cond(sz == pc["image_size"], lambda: batch["image"],
                                      lambda: T.nearest_resize_batch(batch["image"], sz))
         return batch
