@@ -55,6 +55,7 @@ def test_arms_differ_only_in_their_recipe():
     for arm in study.ARMS:
         cfg = _arm(arm)
         assert all(cfg[k] == deim[k] for k in shared), arm
+    assert _diff(deim, _arm("deim_constant_lr")) == {"name", "schedule.flat_epoch", "schedule.lr_gamma"}
     base = _arm("baseline")
     assert json.loads(base["loss.losses"]) == ["vfl", "boxes", "local"] and json.loads(base["data.mosaic_prob"]) == 0
     assert json.loads(base["schedule.name"]) == "linear_warmup" and json.loads(deim["schedule.name"]) == "flatcosine"

@@ -12,11 +12,15 @@ EMA, stage 2 from epoch 10 (no augmentation, best stage-1 reload) and evaluation
   MixUp, linear warm-up then a constant lr, D-FINE's parameter groups;
 * ``o2o_vfl``: ``deim`` with VFL instead of MAL;
 * ``mal_only``: ``deim`` without Mosaic and MixUp (MAL and the DEIM schedule kept).
+
+Diagnostic arm (``DIAGNOSTIC_ARMS``, run on request): ``deim_constant_lr``, ``deim`` with the
+baseline's lr (constant after the warm-up: no cosine decay, no 0.1x in the last epochs).
 """
 
 from configs import defaults, demo, demo_baseline
 
 ARMS = ("deim", "baseline", "o2o_vfl", "mal_only")
+DIAGNOSTIC_ARMS = ("deim_constant_lr",)
 ROOT = "data/clutter"
 EPOCHS, STOP_EPOCH, DENSE_EPOCHS = 12, 10, (1, 6)
 
@@ -44,12 +48,16 @@ def _study(c, name: str):
 
 
 def get_config(arm: str = "deim"):
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose one of {ARMS}")
+    if arm not in ARMS + DIAGNOSTIC_ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {ARMS + DIAGNOSTIC_ARMS}")
     c = demo_baseline.get_config() if arm == "baseline" else demo.get_config()
     if arm == "o2o_vfl":
         c.loss = defaults.loss(("vfl", "boxes", "local"), gamma=2.0, use_uni_set=c.loss.use_uni_set,
                                weights=dict(c.loss.weights))
     if arm == "mal_only":
         c.data.mosaic_prob = c.data.mixup_prob = 0.0
-    return _study(c, arm)
+    c = _study(c, arm)
+    if arm == "deim_constant_lr":  # the cosine phase ends where it starts; the last phase keeps the full lr
+        c.schedule.flat_epoch = EPOCHS - int(c.schedule.no_aug_epoch)
+        c.schedule.lr_gamma = 1.0
+    return c

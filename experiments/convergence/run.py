@@ -1,6 +1,7 @@
 """The convergence study: DEIM against the D-FINE baseline recipe and two ablations, per epoch.
 
     experiments/convergence/run.sh [--seeds=0,1] [--arms=deim,baseline,o2o_vfl,mal_only]
+    experiments/convergence/run.sh --arms=deim_constant_lr   # the diagnostic arm of config.py
     experiments/convergence/run.sh --report       # results.json, results.md, curves.png only
 
 Writes the clutter set (``clutter.py``) into ``data/clutter`` if it is missing, then trains every
@@ -58,7 +59,7 @@ def train(arm: str, seed: int, run_dir: str) -> None:
 def collect(runs: str):
     """{arm: {seed: {epochs, AP, AP50, wall_s}}} of the finished runs."""
     results = {}
-    for arm in study.ARMS:
+    for arm in study.ARMS + study.DIAGNOSTIC_ARMS:
         arm_dir = os.path.join(runs, arm)
         for name in sorted(os.listdir(arm_dir)) if os.path.isdir(arm_dir) else []:
             run_dir = os.path.join(arm_dir, name)
@@ -98,7 +99,7 @@ def answers(results):
 
 
 def table(results) -> str:
-    arms = [a for a in study.ARMS if a in results]
+    arms = [a for a in study.ARMS + study.DIAGNOSTIC_ARMS if a in results]
     rows = ["| epoch | " + " | ".join(f"{a} AP mean [min, max]" for a in arms) + " |",
             "|" + "---|" * (len(arms) + 1)]
     for i in range(study.EPOCHS):
@@ -122,7 +123,8 @@ def plot(results, path: str) -> bool:
         print("matplotlib is not installed (the plots extra): no curves.png")
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    colors = dict(zip(study.ARMS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
+    arms = study.ARMS + study.DIAGNOSTIC_ARMS
+    colors = dict(zip(arms, ("tab:red", "tab:gray", "tab:blue", "tab:green", "tab:purple")))
     for arm, runs in results.items():
         epochs = next(iter(runs.values()))["epochs"]
         aps = list(zip(*(r["AP"] for r in runs.values())))
@@ -163,9 +165,9 @@ def main(argv=None) -> None:
     os.chdir(REPO)  # the config's data root is relative to the repository
     if not args.report:
         arms = [a for a in args.arms.split(",") if a]
-        unknown = set(arms) - set(study.ARMS)
+        unknown = set(arms) - set(study.ARMS + study.DIAGNOSTIC_ARMS)
         if unknown:
-            p.error(f"--arms: unknown {sorted(unknown)}; choose from {study.ARMS}")
+            p.error(f"--arms: unknown {sorted(unknown)}; choose from {study.ARMS + study.DIAGNOSTIC_ARMS}")
         if not os.path.isfile(os.path.join(study.ROOT, "annotations", "instances_val.json")):
             import clutter
 
