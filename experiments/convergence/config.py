@@ -4,10 +4,11 @@
 
 ARM is one of ``ARMS``. Every arm has the same model (the demo's DEIM-D-FINE-N with a 64-wide
 encoder/decoder, 60 queries), data, canvas (192 px), batch 8, 12 epochs, lr 1e-3, warm-up,
-EMA, stage 2 from epoch 10 (no augmentation, best stage-1 reload) and evaluation after every epoch:
+EMA, stage 2 from 0-based epoch 10 (no augmentation, best stage-1 reload) and evaluation after every
+epoch (epochs 0-based below, as in the config fields):
 
-* ``deim``: DEIM: Dense O2O (Mosaic p 0.5 in epochs 1-6, MixUp p 0.5 in epochs 1-6), MAL (gamma 1.5),
-  flat-cosine lr (flat until epoch 6, cosine to 0.1x over the rest but the last 2 epochs);
+* ``deim``: DEIM: Dense O2O (Mosaic p 0.5 and MixUp p 0.5 in epochs 1-5), MAL (gamma 1.5),
+  flat-cosine lr (flat in epochs 0-5, cosine to 0.1x by epoch 10, then 0.1x);
 * ``baseline``: the D-FINE recipe (``--config=demo_baseline``): VFL (alpha 0.75, gamma 2), no Mosaic or
   MixUp, linear warm-up then a constant lr, D-FINE's parameter groups;
 * ``o2o_vfl``: ``deim`` with VFL instead of MAL;
