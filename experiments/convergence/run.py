@@ -128,7 +128,8 @@ def plot(results, path: str) -> bool:
     for arm, runs in results.items():
         epochs = next(iter(runs.values()))["epochs"]
         aps = list(zip(*(r["AP"] for r in runs.values())))
-        ax.plot(epochs, [statistics.mean(v) for v in aps], color=colors[arm], label=f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        ax.plot(epochs, [statistics.mean(v) for v in aps], color=colors[arm], label=f"{arm} ({seeds})")
         ax.fill_between(epochs, [min(v) for v in aps], [max(v) for v in aps], color=colors[arm], alpha=0.2)
     ax.axvline(study.STOP_EPOCH + 0.5, color="k", lw=0.8, ls=":")
     ax.set_xlabel("epoch (stage 2 after the dotted line)")
