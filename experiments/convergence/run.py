@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -28,31 +26,15 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import config as study  # noqa: E402  (experiments/convergence/config.py)
+from experiments.common import deim_jax_curve, plot_bands, run_logged  # noqa: E402
 
 CONFIG = "experiments/convergence/config.py"
-
-
-def curve(run_dir: str):
-    """[(epoch, AP, AP50)] from a run's ``eval.jsonl``."""
-    path = os.path.join(run_dir, "eval.jsonl")
-    if not os.path.isfile(path):
-        return []
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return [(int(r["epoch"]), float(r["AP"]), float(r["AP50"])) for r in rows]
 
 
 def train(arm: str, seed: int, run_dir: str) -> None:
     cmd = [sys.executable, "-m", "deim_jax.main", f"--config={CONFIG}:{arm}", f"--workdir={run_dir}",
            f"--config.seed={seed}"]
-    os.makedirs(run_dir, exist_ok=True)
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    with open(os.path.join(run_dir, "stdout.log"), "a") as log:
-        done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}); see {run_dir}/stdout.log")
-    with open(os.path.join(run_dir, "wall_s.txt"), "a") as f:
-        f.write(f"{time.time() - t0:.0f}\n")
+    run_logged(cmd, run_dir)
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -63,7 +45,7 @@ def collect(runs: str):
         arm_dir = os.path.join(runs, arm)
         for name in sorted(os.listdir(arm_dir)) if os.path.isdir(arm_dir) else []:
             run_dir = os.path.join(arm_dir, name)
-            c = curve(run_dir)
+            c = deim_jax_curve(run_dir)
             if len(c) < study.EPOCHS:
                 continue
             wall_path = os.path.join(run_dir, "wall_s.txt")
@@ -114,32 +96,10 @@ def table(results) -> str:
 
 
 def plot(results, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (the plots extra): no curves.png")
-        return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     arms = study.ARMS + study.DIAGNOSTIC_ARMS
-    colors = dict(zip(arms, ("tab:red", "tab:gray", "tab:blue", "tab:green", "tab:purple")))
-    for arm, runs in results.items():
-        epochs = next(iter(runs.values()))["epochs"]
-        aps = list(zip(*(r["AP"] for r in runs.values())))
-        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
-        ax.plot(epochs, [statistics.mean(v) for v in aps], color=colors[arm], label=f"{arm} ({seeds})")
-        ax.fill_between(epochs, [min(v) for v in aps], [max(v) for v in aps], color=colors[arm], alpha=0.2)
-    ax.axvline(study.STOP_EPOCH + 0.5, color="k", lw=0.8, ls=":")
-    ax.set_xlabel("epoch (stage 2 after the dotted line)")
-    ax.set_ylabel("COCO AP (EMA weights, 128 val images)")
-    ax.set_title("clutter set: seed mean and range per arm")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    return True
+    return plot_bands(results, dict(zip(arms, ("tab:red", "tab:gray", "tab:blue", "tab:green", "tab:purple"))), path,
+                      "clutter set: seed mean and range per arm", "COCO AP (EMA weights, 128 val images)",
+                      divider=study.STOP_EPOCH + 0.5)
 
 
 def report(runs: str, out: str):
@@ -176,7 +136,7 @@ def main(argv=None) -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in arms:
                 run_dir = os.path.join(args.runs, arm, f"seed{seed}")
-                if len(curve(run_dir)) >= study.EPOCHS:
+                if len(deim_jax_curve(run_dir)) >= study.EPOCHS:
                     print(f"{arm} seed {seed}: done, skipped")
                     continue
                 train(arm, seed, run_dir)

@@ -31,13 +31,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
+
+from experiments.common import deim_jax_curve, plot_bands, run_logged  # noqa: E402
 
 ARMS = ("official", "deim_jax")
 
@@ -153,15 +153,6 @@ def official_curve(run_dir: str):
     return out
 
 
-def deim_jax_curve(run_dir: str):
-    """[(epoch, AP, AP50)] from deim_jax's ``eval.jsonl``."""
-    path = os.path.join(run_dir, "eval.jsonl")
-    if not os.path.isfile(path):
-        return []
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return [(int(r["epoch"]), float(r["AP"]), float(r["AP50"])) for r in rows]
-
-
 CURVES = {"official": official_curve, "deim_jax": deim_jax_curve}
 
 
@@ -182,25 +173,13 @@ def run_official(args, c, seed: int, run_dir: str) -> None:
         f.write(official_yaml(c, os.path.abspath(args.official), os.path.join(REPO, c.data.root), ann_dir, run_dir))
     cmd = [args.official_python, os.path.join(HERE, "official_trainer.py"), "-c", cfg_path, "-d", "cpu",
            "--seed", str(seed)]
-    _run(cmd, run_dir, env={"DEIM_OFFICIAL": os.path.abspath(args.official)})
+    run_logged(cmd, run_dir, env={"DEIM_OFFICIAL": os.path.abspath(args.official)})
 
 
 def run_deim_jax(args, c, seed: int, run_dir: str) -> None:
     cmd = [sys.executable, "-m", "deim_jax.main", "--config=demo", f"--workdir={run_dir}",
            f"--config.seed={seed}", "--config.eval_every_epochs=1"]
-    _run(cmd, run_dir)
-
-
-def _run(cmd, run_dir: str, env=None) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    with open(os.path.join(run_dir, "stdout.log"), "a") as log:
-        done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}); see {run_dir}/stdout.log")
-    with open(os.path.join(run_dir, "wall_s.txt"), "a") as f:
-        f.write(f"{time.time() - t0:.0f}\n")
+    run_logged(cmd, run_dir)
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -246,31 +225,8 @@ def summary_table(results, epochs: int) -> str:
 
 
 def plot(results, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (the plots extra): no curves.png")
-        return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for arm, color in zip(ARMS, ("tab:orange", "tab:blue")):
-        if arm not in results:
-            continue
-        runs = list(results[arm].values())
-        epochs = runs[0]["epochs"]
-        aps = [[r["AP"][i] for r in runs] for i in range(len(epochs))]
-        ax.plot(epochs, [statistics.mean(v) for v in aps], color=color, label=f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''}: mean, range)")
-        ax.fill_between(epochs, [min(v) for v in aps], [max(v) for v in aps], color=color, alpha=0.25)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("COCO AP (EMA weights, 64 val images)")
-    ax.set_title("--config=demo: deim_jax vs the official DEIM trainer")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    return True
+    return plot_bands(results, dict(zip(ARMS, ("tab:orange", "tab:blue"))), path,
+                      "--config=demo: deim_jax vs the official DEIM trainer", "COCO AP (EMA weights, 64 val images)")
 
 
 def report(runs: str, out: str, epochs: int) -> None:
