@@ -32,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from deim_jax import configs
-from deim_jax.errors import ConfigError, MissingDataError, UserError
+from deim_jax.errors import ConfigError, UserError
 
 SAMPLE_IMAGE = os.path.join(os.path.dirname(__file__), "assets", "sample.png")
 
@@ -198,63 +198,39 @@ def summary(cfg) -> int:
     return total
 
 
-def load_image(path: str, size):
-    """RGB image -> ([H, W, 3] float32 in [0, 1], (w, h) original), resized like the official eval
-    (PIL bilinear, antialiased)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        orig = im.size
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im, np.float32) / 255.0, orig
-
-
-def _predict_weights(cfg, model, weights):
-    """(variables, classes or None) of ``weights``: an official .pth, a checkpoint folder, or None (random)."""
-    import jax
-
-    from deim_jax import convert, models
-    from deim_jax.data.classes import Classes
-    from deim_jax.train import checkpoints
-
-    if not weights:
-        print("no --weights given: random initialization (detections are meaningless)")
-        return models.init(model, cfg, jax.random.PRNGKey(cfg.seed)), None
-    if os.path.isdir(weights):
-        found = checkpoints.latest_weights(weights)
-        if found is None:
-            raise MissingDataError(f"--weights={weights}: no checkpoint in this folder")
-        print(f"loaded the EMA weights of checkpoint step {found['step']} in {weights}")
-        return found["variables"], Classes.from_json(found["classes"])
-    print(f"loaded {weights}")
-    return convert.from_torch_state_dict(convert.load_pth(weights), cfg), None
-
-
 def predict(cfg, image_path=None, weights=None, score_threshold: float = 0.4, top: int = 20):
-    """``--mode=predict``: detections on one image, named by the checkpoint's classes (COCO's for an
-    80-class COCO model). ``weights``: an official .pth, a checkpoint folder (``WORKDIR/checkpoints``,
-    EMA weights) or None (random weights)."""
+    """``--mode=predict``: detections on one image, printed with the checkpoint's class names (COCO's
+    for an 80-class COCO model). ``weights``: an official .pth, a checkpoint folder
+    (``WORKDIR/checkpoints``, EMA weights) or None (random weights). ``deim_jax.predict`` is the
+    full tool (folders, videos, pictures, COCO results)."""
     import jax
 
     from deim_jax import models
     from deim_jax.data.classes import display_names
-    from deim_jax.evaluate import postprocess as pp
+    from deim_jax.deploy import media
+    from deim_jax.deploy import weights as deploy_weights
+    from deim_jax.deploy.detector import make_detect
 
-    model = models.build(cfg)
-    variables, classes = _predict_weights(cfg, model, weights)
+    if not weights:
+        print("no --weights given: random initialization (detections are meaningless)")
+        variables, classes = models.init(models.build(cfg), cfg, jax.random.PRNGKey(cfg.seed)), None
+    else:
+        source = {"checkpoint" if os.path.isdir(weights) else "weights": weights}
+        loaded = deploy_weights.load(cfg, **source)
+        print(f"loaded the {loaded.source}")
+        variables, classes = loaded.variables, loaded.classes
     names = display_names(classes, int(cfg.num_classes), bool(cfg.remap_mscoco_category))
     path = image_path or SAMPLE_IMAGE
-    image, orig = load_image(path, cfg.eval_spatial_size)
-    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    jax.block_until_ready(fwd(variables, image[None]))  # compile
+    rgb = media.read_rgb(path)
+    image = media.to_model_input(rgb, cfg.eval_spatial_size)[None]
+    orig = np.array([[rgb.shape[1], rgb.shape[0]]], np.float32)
+    detect = jax.jit(make_detect(cfg, remap_mscoco_category=False))
+    jax.block_until_ready(detect(variables, image, orig))  # compile
     t0 = time.perf_counter()
-    out = jax.block_until_ready(fwd(variables, image[None]))
+    res = jax.block_until_ready(detect(variables, image, orig))
     dt = time.perf_counter() - t0
-    res = pp.postprocess(out["pred_logits"], out["pred_boxes"], np.array([orig]), num_top_queries=cfg.num_top_queries,
-                         remap_mscoco_category=False)
     scores, labels, boxes = (np.asarray(res[k])[0] for k in ("scores", "labels", "boxes"))
-    print(f"{path}: {orig[0]}x{orig[1]}, forward {dt * 1000:.1f} ms (jit, batch 1)")
+    print(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, forward {dt * 1000:.1f} ms (jit, batch 1, post-processing included)")
     for shown, (s, l, b) in enumerate(zip(scores, labels, boxes)):
         if (s < score_threshold and shown >= 5) or shown >= top:
             break

@@ -27,8 +27,8 @@ def postprocess(pred_logits, pred_boxes, orig_sizes, num_top_queries: int = 300,
     boxes = boxes * jnp.concatenate([sizes, sizes], axis=-1)[:, None, :]
     scores = jax.nn.sigmoid(logits).reshape(B, Q * C)
     top_scores, index = jax.lax.top_k(scores, num_top_queries)
-    labels = (index % C).astype(jnp.int32)
-    query = index // C
+    query = jax.lax.div(index, jnp.int32(C))  # index >= 0: truncating division, which ONNX exporters map to Div
+    labels = (index - query * C).astype(jnp.int32)
     top_boxes = jnp.take_along_axis(boxes, query[..., None], axis=1)
     if remap_mscoco_category:
         labels = label_to_category(labels)

@@ -127,9 +127,9 @@ def deformable_sample(
     idx = jnp.concatenate(idx_l, axis=3)  # [B, Q, nH, P, T]
     wt = jnp.concatenate(w_l, axis=3) * weights[..., None]
     # flat row of (b, s, h) in value.reshape(B*S*nH, hd)
-    base = (jnp.arange(b, dtype=jnp.int32) * (s * nh))[:, None, None, None, None] + jnp.arange(nh, dtype=jnp.int32)[
-        None, None, :, None, None
-    ]
+    # (iotas, not arange()[:, None]: a batch that is a symbolic dimension in an export cannot be sliced)
+    base = (jax.lax.broadcasted_iota(jnp.int32, (b, 1, 1, 1, 1), 0) * (s * nh)
+            + jax.lax.broadcasted_iota(jnp.int32, (1, 1, nh, 1, 1), 2))
     rows = base + idx * nh
     taps = jnp.take(value.reshape(b * s * nh, hd), rows.reshape(-1), axis=0, mode="clip")
     taps = taps.reshape(rows.shape + (hd,))

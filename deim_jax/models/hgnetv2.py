@@ -138,7 +138,7 @@ class StemBlock(nn.Module):
         x2 = _pad_right_bottom(x2)
         x2 = ConvBNAct(self.mid, 2, padding=0, name="stem2b", **kw)(x2, train)
         # 2x2 stride-1 max pool on the zero-padded map (ceil_mode changes nothing here).
-        x1 = nn.max_pool(x, (2, 2), strides=(1, 1), padding="VALID")
+        x1 = nn.max_pool(x, window_shape=(2, 2), strides=(1, 1), padding="VALID")
         x = jnp.concatenate([x1, x2], axis=-1)
         x = ConvBNAct(self.mid, 3, stride=2, name="stem3", **kw)(x, train)
         x = ConvBNAct(self.out, 1, name="stem4", **kw)(x, train)

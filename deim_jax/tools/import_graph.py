@@ -32,9 +32,13 @@ ALLOWED: Dict[str, Set[str]] = {
     "evaluate": {"errors", "ops", "data"},
     "convert": {"errors", "ops", "models"},
     "train": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs"},
-    "cli": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train"},
-    "main": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "cli"},
-    "tools": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "cli", "main"},
+    "deploy": {"errors", "ops", "models", "data", "evaluate", "convert", "train"},
+    "cli": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "deploy"},
+    "main": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "deploy", "cli"},
+    "predict": {"errors", "deploy", "cli"},
+    "export": {"errors", "deploy", "cli"},
+    "tools": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "cli", "main",
+              "deploy"},
 }
 
 

@@ -301,20 +301,33 @@ class CheckpointManager:
         self.close()
 
 
-def latest_weights(directory: str, use_ema: bool = True) -> Optional[Dict[str, Any]]:
-    """``{'variables': {'params', 'batch_stats'}, 'step', 'data', 'classes'}`` of the newest readable
-    checkpoint in ``directory`` (host arrays; the EMA weights unless ``use_ema=False``); None if the
-    folder has no checkpoint."""
+def latest_weights(directory: str, use_ema: bool = True, best: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """``{'variables': {'params', 'batch_stats'}, 'step', 'data', 'classes', 'metrics'}`` of the newest
+    readable checkpoint in ``directory`` (host arrays; the EMA weights unless ``use_ema=False``), or
+    with ``best='AP'`` of the one with the highest AP (the newest if none was evaluated); None if
+    the folder has no checkpoint."""
     if not os.path.isdir(directory):
         return None
     with CheckpointManager(directory, best_metric=None) as mngr:
         if not mngr.all_steps():
             return None
-        restored = mngr.restore()
+        step = mngr.best_step(best) if best else None
+        restored = mngr.restore(step)
     prefix = "ema_" if use_ema else ""
     train = restored["train"]
     return {"variables": {"params": train[prefix + "params"], "batch_stats": train[prefix + "batch_stats"]},
-            "step": restored["step"], "data": restored["data"], "classes": restored["classes"]}
+            "step": restored["step"], "data": restored["data"], "classes": restored["classes"],
+            "metrics": restored["metrics"]}
+
+
+def save_weights(directory: str, variables: Dict[str, Any], classes: Optional[Dict[str, Any]] = None,
+                 config: Any = None, step: int = 0) -> None:
+    """A checkpoint holding only inference weights (``variables`` as the EMA weights) that
+    ``latest_weights``, ``--checkpoint`` and ``config.init_from`` read like a training checkpoint."""
+    train = {"ema_params": variables["params"], "ema_batch_stats": variables.get("batch_stats", {})}
+    with CheckpointManager(directory, best_metric=None, classes=classes) as mngr:
+        mngr.save(step, train, config=config, force=True)
+        mngr.wait_until_finished()
 
 
 _TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
