@@ -10,8 +10,9 @@ original images) and ``scores`` [B, K] of the top K = ``num_top_queries`` querie
 (``deim_jax.deploy.exporters``). ``--size`` other than the training size works: the anchors and
 valid masks are generated for it. ``--batch=dynamic`` makes B symbolic (StableHLO, ONNX; TF 2.21
 cannot refine a dynamic top-k, so a SavedModel has a fixed batch). After writing, the artifact is
-run once in its own runtime on a random batch and compared with the jitted model; the line
-printed gives the largest differences.
+run once in its own runtime on a random batch and compared with the jitted model of the unfolded
+weights; the line printed gives the largest differences. ``--fuse`` (default) folds BatchNorms into
+the convs and re-parameterizes RepVGG blocks first (``deim_jax.models.fusion``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _OUT = flags.DEFINE_string("out", None, "File (stablehlo, onnx) or folder (saved
 _SIZE = flags.DEFINE_integer("size", None, "Square input size (default: the config's eval_spatial_size).")
 _BATCH = flags.DEFINE_string("batch", "1", "Batch size, or 'dynamic'.")
 _INPUT_DTYPE = flags.DEFINE_enum("input_dtype", "float32", ["float32", "uint8"], "Dtype of the images input.")
+_FUSE = flags.DEFINE_bool("fuse", True, "Fold BatchNorms into convs and re-parameterize RepVGG blocks (models.fusion).")
 
 
 def parse_batch(text: str, fmt: str):
@@ -52,6 +54,7 @@ def parse_batch(text: str, fmt: str):
 def main(argv):
     del argv
     from deim_jax.deploy import exporters, weights
+    from deim_jax.models import fusion
 
     cfg = cli.require_config(_CONFIG)
     if not _FORMAT.value or not _OUT.value:
@@ -63,10 +66,11 @@ def main(argv):
     loaded = weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value)
     log.info("%s: %s", cfg.name, loaded.source)
     t0 = time.perf_counter()
-    exporters.export(cfg, loaded.variables, _FORMAT.value, _OUT.value, size=size, batch=batch,
-                     input_dtype=_INPUT_DTYPE.value)
-    log.info("wrote %s (%s, %dx%d, batch %s, %s images) in %.1f s", _OUT.value, _FORMAT.value, size[0], size[1],
-             batch or "dynamic", _INPUT_DTYPE.value, time.perf_counter() - t0)
+    exported = fusion.fold(loaded.variables) if _FUSE.value else loaded.variables
+    exporters.export(cfg, exported, _FORMAT.value, _OUT.value, size=size, batch=batch, input_dtype=_INPUT_DTYPE.value)
+    log.info("wrote %s (%s, %dx%d, batch %s, %s images%s) in %.1f s", _OUT.value, _FORMAT.value, size[0], size[1],
+             batch or "dynamic", _INPUT_DTYPE.value, ", BatchNorms folded" if _FUSE.value else "",
+             time.perf_counter() - t0)
     err = exporters.check_artifact(cfg, loaded.variables, _OUT.value, _FORMAT.value, size, batch, _INPUT_DTYPE.value)
     log.info("checked in its runtime against the jitted model on random images: max |d score| %.2g, max |d box| "
              "%.2g px, labels differing %.1f%% (over the %.0f%% of detections with a score no other has)",

@@ -17,7 +17,7 @@ Writes into ``--out``:
   id of the label (COCO's for official weights).
 
 Images go through the model in batches of ``--batch`` at the config's ``eval_spatial_size``
-(``--size`` changes it), jitted once. A file that cannot be read is skipped with a warning naming
+(``--size`` changes it), jitted once, with the BatchNorms folded (``--nofuse``: as trained). A file that cannot be read is skipped with a warning naming
 it, counted in the last line; the run goes on.
 """
 
@@ -44,6 +44,7 @@ _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _THRESHOLD = flags.DEFINE_float("score_threshold", 0.4, "Smallest score drawn and written.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per forward pass.")
 _SIZE = flags.DEFINE_integer("size", None, "Square input size (default: the config's eval_spatial_size).")
+_FUSE = flags.DEFINE_bool("fuse", True, "Fold BatchNorms into convs and RepVGG blocks into one conv first.")
 flags.DEFINE_alias("score-threshold", "score_threshold")
 
 
@@ -61,6 +62,10 @@ def main(argv):
     out = cli.writable_folder(_OUT.value, "--out")
     loaded = weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value)
     log.info("%s: %s", cfg.name, loaded.source)
+    if _FUSE.value:
+        from deim_jax.models import fusion
+
+        loaded.variables = fusion.fold(loaded.variables)
     size = (_SIZE.value, _SIZE.value) if _SIZE.value else None
     root = _INPUT.value if os.path.isdir(_INPUT.value) else None
     t0 = time.perf_counter()

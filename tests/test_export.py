@@ -12,6 +12,7 @@ import pytest
 from deim_jax import configs, convert, models
 from deim_jax.deploy import exporters
 from deim_jax.deploy.detector import make_detect
+from deim_jax.models import fusion
 from tests.parity_utils import synth_state_dict
 from tests.train_helpers import tiny_config
 
@@ -64,7 +65,7 @@ def test_dfine_n_artifact_equals_the_model(tmp_path, fmt):
     cfg = configs.get_config("dfine_n")
     variables = convert.from_torch_state_dict(synth_state_dict("n"), cfg)  # the parity fixtures' weights
     path = str(tmp_path / f"n.{fmt}")
-    exporters.export(cfg, variables, fmt, path, batch=None)
+    exporters.export(cfg, fusion.fold(variables), fmt, path, batch=None)  # deploy weights, checked against the trained
     _assert_same(cfg, variables, path, fmt, 2, 640, "float32")
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from deim_jax.ops.anchors import generate_anchors
-from deim_jax.models.layers import BatchNorm, Conv, LayerNorm, MLP, bias_init_with_prob, torch_kernel_init
+from deim_jax.models.layers import LayerNorm, MLP, bias_init_with_prob, conv_then_norm, torch_kernel_init
 from deim_jax.models.layers import xavier_uniform as xavier
 
 QUERY_POS_METHODS = ("default", "as_reg")  # the query-position heads of ``_heads``
@@ -34,8 +34,7 @@ class InputProj(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = Conv(self.d, 1, name="conv", kernel_init=xavier)(x)
-        return BatchNorm(name="norm")(x, train)
+        return conv_then_norm(self, x, train, features=self.d, kernel=1, norm_name="norm", kernel_init=xavier)
 
 
 class EncOutput(nn.Module):

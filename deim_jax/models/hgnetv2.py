@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import BatchNorm, Conv, backbone_freeze_filter
+from deim_jax.models.layers import backbone_freeze_filter, conv_then_norm
 
 # variant: (stem mid, stem out, layer_num, per stage (mid, out, num_blocks)). Stage i takes the
 # previous stage's (or the stem's) output; stages 1..3 start with a downsample, stages 2..3 use
@@ -87,8 +87,8 @@ class ConvBNAct(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = Conv(self.features, self.kernel, self.stride, self.groups, self.padding, name="conv")(x)
-        x = BatchNorm(frozen=self.frozen_norm, name="bn")(x, train)
+        x = conv_then_norm(self, x, train, features=self.features, kernel=self.kernel, stride=self.stride,
+                           groups=self.groups, padding=self.padding, norm_name="bn", frozen_norm=self.frozen_norm)
         if self.use_act:
             x = jax.nn.relu(x)
             if self.use_lab:

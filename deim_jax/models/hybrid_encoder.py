@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deim_jax.models.layers import LayerNorm, ConvNorm, MultiheadAttention, get_activation, torch_kernel_init
+from deim_jax.models.layers import Conv, ConvNorm, LayerNorm, MultiheadAttention, get_activation, torch_kernel_init
 
 VERSIONS = ("dfine", "rtdetrv2")  # values of HybridEncoder.version
 
@@ -59,14 +59,19 @@ def _conv_norm(features, kernel, stride=1, groups=1, act=None, name=None):
 
 
 class VGGBlock(nn.Module):
-    """act(BN(conv3x3(x)) + BN(conv1x1(x))); submodules ``conv1`` (3x3), ``conv2`` (1x1)."""
+    """act(BN(conv3x3(x)) + BN(conv1x1(x))); submodules ``conv1`` (3x3), ``conv2`` (1x1), or the
+    one re-parameterized 3x3 conv ``conv`` (with bias) when the variables hold it
+    (``deim_jax.models.fusion``, the official ``convert_to_deploy``)."""
 
     features: int
     act: str = "silu"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = _conv_norm(self.features, 3, name="conv1")(x, train) + _conv_norm(self.features, 1, name="conv2")(x, train)
+        if not self.is_initializing() and "conv" in self.variables.get("params", {}):
+            y = Conv(self.features, 3, use_bias=True, name="conv")(x)
+        else:
+            y = _conv_norm(self.features, 3, name="conv1")(x, train) + _conv_norm(self.features, 1, name="conv2")(x, train)
         return get_activation(self.act)(y)
 
 

@@ -122,6 +122,27 @@ def Conv(
     )
 
 
+def is_folded(module: nn.Module, norm_name: str) -> bool:
+    """Whether ``module``'s variables hold its conv with the BatchNorm ``norm_name`` folded in
+    (``conv/bias`` present, no ``norm_name``: ``deim_jax.models.fusion.fold``). The structure
+    follows the variables, so one model applies both the trained and the folded weights."""
+    if module.is_initializing():
+        return False
+    params = module.variables.get("params", {})
+    return norm_name not in params and "bias" in params.get("conv", {})
+
+
+def conv_then_norm(module: nn.Module, x, train: bool, *, features: int, kernel: int, stride: int = 1,
+                   groups: int = 1, padding=None, norm_name: str = "norm", frozen_norm: bool = False,
+                   kernel_init=torch_kernel_init):
+    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` inside ``module``'s scope, or the folded
+    conv with its bias alone when the variables are folded (``is_folded``)."""
+    if is_folded(module, norm_name):
+        return Conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
+    x = Conv(features, kernel, stride, groups, padding, name="conv", kernel_init=kernel_init)(x)
+    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train)
+
+
 class ConvNorm(nn.Module):
     """conv (no bias) -> BatchNorm -> activation.
 
@@ -140,8 +161,9 @@ class ConvNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = Conv(self.features, self.kernel, self.stride, self.groups, self.padding, name="conv")(x)
-        x = BatchNorm(frozen=self.frozen_norm, name=self.norm_name)(x, train)
+        x = conv_then_norm(self, x, train, features=self.features, kernel=self.kernel, stride=self.stride,
+                           groups=self.groups, padding=self.padding, norm_name=self.norm_name,
+                           frozen_norm=self.frozen_norm)
         return get_activation(self.act)(x)
 
 

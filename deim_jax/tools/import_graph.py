@@ -35,8 +35,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "deploy": {"errors", "ops", "models", "data", "evaluate", "convert", "train"},
     "cli": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "deploy"},
     "main": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "deploy", "cli"},
-    "predict": {"errors", "deploy", "cli"},
-    "export": {"errors", "deploy", "cli"},
+    "predict": {"errors", "models", "deploy", "cli"},
+    "export": {"errors", "models", "deploy", "cli"},
     "tools": {"errors", "ops", "models", "losses", "data", "evaluate", "convert", "configs", "train", "cli", "main",
               "deploy"},
 }

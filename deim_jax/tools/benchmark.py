@@ -1,0 +1,215 @@
+"""Inference speed of a config: latency, throughput, compile time, FLOPs, memory, and the official
+PyTorch model side by side.
+
+    python -m deim_jax.tools.benchmark --config=NAME [--batch=1,32] [--dtype=float32,bfloat16] [--deploy]
+        [--size=640] [--runs=50] [--peak_tflops=989] [--official=DIR] [--out=benchmarks/results]
+
+For every batch and dtype: the eval-mode forward (``train.make_predict_step``; ``--deploy``: the
+weights folded by ``models.fusion``) is jitted, its compile time taken, run ``--warmup`` times and
+then ``--runs`` times: latency median and p90, images/s at the median, FLOPs from XLA's cost
+analysis, achieved TFLOP/s (and the share of ``--peak_tflops``), and peak memory (XLA's memory
+analysis of the program; the device's peak where it reports one). Weights are random unless
+``--workdir``/``--checkpoint``/``--weights`` gives them: speed does not depend on their values.
+
+``--official=DIR`` (an official DEIM source tree) times the official model of the same config
+(DEIM's YAML for ``dfine_*`` and ``rtdetrv2_*``) with the same weights
+(``convert.to_torch_state_dict``; ``deploy()`` with ``--deploy``) on the same input in the same
+run, float32, in ``--official_python`` (``official_forward.py``; torch, torchvision and the tree's
+requirements, as ``experiments/official_ab/setup_official.sh`` installs them), and gives the ratio; it warns when the two models' top scores differ by more than
+1e-3. Results go to ``--out`` as ``benchmark_<config>_<platform>.md`` and ``.json`` with the date,
+device and versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+from absl import flags
+
+from deim_jax import cli, configs
+from deim_jax.errors import UserError
+
+_CONFIG = cli.define_config_flag()
+_BATCH = flags.DEFINE_string("batch", "1", "Comma-separated batch sizes.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Comma-separated compute dtypes (float32, bfloat16).")
+_DEPLOY = flags.DEFINE_bool("deploy", False, "Fold BatchNorms and RepVGG blocks (models.fusion) first.")
+_SIZE = flags.DEFINE_integer("size", None, "Square input size (default: the config's eval_spatial_size).")
+_RUNS = flags.DEFINE_integer("runs", 50, "Timed runs per setting.")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed runs after compiling.")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s, for the share achieved.")
+_OFFICIAL = flags.DEFINE_string("official", None, "Official DEIM source tree: time the PyTorch model too.")
+_OUT = flags.DEFINE_string("out", os.path.join(configs.REPO_ROOT, "benchmarks", "results"), "Results folder.")
+_OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
+                                       "official tree's requirements (experiments/official_ab/setup_official.sh).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Weights: a run's best-AP checkpoint.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Weights: a checkpoint folder.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Weights: an official .pth.")
+
+OFFICIAL_YAML = {
+    **{f"dfine_{s}": f"deim_dfine/deim_hgnetv2_{s}_coco.yml" for s in "nsmlx"},
+    "rtdetrv2_r18": "deim_rtdetrv2/deim_r18vd_120e_coco.yml", "rtdetrv2_r34": "deim_rtdetrv2/deim_r34vd_120e_coco.yml",
+    "rtdetrv2_r50": "deim_rtdetrv2/deim_r50vd_60e_coco.yml", "rtdetrv2_r50m": "deim_rtdetrv2/deim_r50vd_m_60e_coco.yml",
+    "rtdetrv2_r101": "deim_rtdetrv2/deim_r101vd_60e_coco.yml",
+}
+
+
+def _timed(fn, runs: int, warmup: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _summary(times: List[float], batch: int) -> Dict[str, float]:
+    median = statistics.median(times)
+    return {"median_ms": median * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3, "images_per_s": batch / median}
+
+
+def bench_jax(cfg, variables, batch: int, dtype: str, size, runs: int, warmup: int) -> Dict:
+    """One setting's numbers (module docstring) for deim_jax."""
+    import jax
+
+    from deim_jax import models
+    from deim_jax.train.train_step import make_predict_step
+
+    cfg = cfg.copy_and_resolve_references()
+    cfg.compute_dtype = dtype
+    cfg.eval_spatial_size = tuple(size)
+    step = jax.jit(make_predict_step(models.build(cfg), cfg))
+    x = jax.device_put(np.random.default_rng(0).random((batch, size[0], size[1], 3), np.float32))
+    variables = jax.device_put(variables)
+    t0 = time.perf_counter()
+    compiled = step.lower(variables, x).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", float("nan")))
+    mem = compiled.memory_analysis()
+    program_bytes = sum(getattr(mem, a, 0) for a in ("temp_size_in_bytes", "argument_size_in_bytes",
+                                                      "output_size_in_bytes")) if mem is not None else float("nan")
+    times = _timed(lambda: jax.block_until_ready(compiled(variables, x)), runs, warmup)
+    row = {"impl": "deim_jax", "batch": batch, "dtype": dtype, "compile_s": compile_s, **_summary(times, batch),
+           "gflops": flops / 1e9, "tflops_per_s": flops / statistics.median(times) / 1e12,
+           "program_mib": program_bytes / 2**20}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+    row["_out"] = {k: np.asarray(v) for k, v in compiled(variables, x).items()}
+    return row
+
+
+def bench_official(cfg, official: str, python: str, variables, batch: int, size, runs: int, warmup: int,
+                   deploy: bool) -> Dict:
+    """The official model of ``cfg`` with ``variables``, timed by ``official_forward.py`` in ``python``."""
+    import subprocess
+    import tempfile
+
+    from deim_jax import convert
+
+    if cfg.name not in OFFICIAL_YAML:
+        raise UserError(f"--official: no official config for --config={cfg.name} (one of {', '.join(OFFICIAL_YAML)})")
+    if not os.path.isfile(os.path.join(official, "engine", "core", "__init__.py")):
+        raise UserError(f"--official={official}: not an official DEIM source tree (no engine/core)")
+    cfg = cfg.copy_and_resolve_references()
+    cfg.eval_spatial_size = tuple(size)  # the state dict's anchors are made for the benchmark's size
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(os.path.join(tmp, "state.npz"), **convert.to_torch_state_dict(variables, cfg))
+        cmd = [python, os.path.join(os.path.dirname(__file__), "official_forward.py"), f"--official={official}",
+               f"--yaml={OFFICIAL_YAML[cfg.name]}", f"--state={tmp}/state.npz", f"--size={size[0]}",
+               f"--batch={batch}", f"--runs={runs}", f"--warmup={warmup}", f"--out={tmp}/out.npz"]
+        r = subprocess.run(cmd + (["--deploy"] if deploy else []), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise UserError(f"--official: the official model failed in {python}: {r.stderr.strip().splitlines()[-1:]}")
+        out = np.load(f"{tmp}/out.npz")
+        return {"impl": str(out["impl"]), "batch": batch, "dtype": "float32", **_summary(list(out["times"]), batch),
+                "_out": {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}}
+
+
+def top_scores(logits: np.ndarray) -> np.ndarray:
+    """[B, Q] best class score per query, sorted: comparable whatever order the queries come in."""
+    return np.sort(1 / (1 + np.exp(-np.asarray(logits, np.float64).max(-1))), axis=-1)
+
+
+def markdown(meta: Dict, rows: List[Dict]) -> str:
+    cols = ["impl", "batch", "dtype", "compile_s", "median_ms", "p90_ms", "images_per_s", "gflops", "tflops_per_s",
+            "peak_share", "program_mib", "device_peak_mib", "speedup_vs_official", "top_score_diff_vs_official"]
+    present = [c for c in cols if any(c in r for r in rows)]
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [f"# {meta['config']}: inference benchmark", "", f"{meta['date']}, {meta['device']}; jax {meta['jax']}, "
+             f"{meta['size'][0]}x{meta['size'][1]}, deploy fusion {'on' if meta['deploy'] else 'off'}, "
+             f"{meta['runs']} timed runs after {meta['warmup']} warm-up", "",
+             "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "-")) for c in present) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from deim_jax import models
+    from deim_jax.deploy import weights as deploy_weights
+    from deim_jax.models import fusion
+
+    cfg = cli.require_config(_CONFIG)
+    batches = [int(b) for b in _BATCH.value.split(",")]
+    dtypes = _DTYPE.value.split(",")
+    size = (_SIZE.value, _SIZE.value) if _SIZE.value else tuple(cfg.eval_spatial_size)
+    if any(_ for _ in (_WORKDIR.value, _CHECKPOINT.value, _WEIGHTS.value)):
+        variables = deploy_weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value,
+                                        weights=_WEIGHTS.value).variables
+    else:
+        variables = jax.tree_util.tree_map(np.asarray, models.init(models.build(cfg), cfg, jax.random.PRNGKey(0)))
+    run_vars = fusion.fold(variables) if _DEPLOY.value else variables
+    dev = jax.devices()[0]
+    meta = {"config": cfg.name, "date": str(datetime.date.today()), "size": list(size), "deploy": _DEPLOY.value,
+            "runs": _RUNS.value, "warmup": _WARMUP.value, "jax": jax.__version__,
+            "device": f"{len(jax.devices())}x {dev.platform} {dev.device_kind}, {os.cpu_count()} CPUs, {platform.machine()}"}
+    rows = []
+    for batch in batches:
+        ref = bench_official(cfg, _OFFICIAL.value, _OFFICIAL_PYTHON.value, variables, batch, size, _RUNS.value,
+                             _WARMUP.value, _DEPLOY.value) if _OFFICIAL.value else None
+        for dtype in dtypes:
+            row = bench_jax(cfg, run_vars, batch, dtype, size, _RUNS.value, _WARMUP.value)
+            if _PEAK.value:
+                row["peak_share"] = row["tflops_per_s"] / _PEAK.value
+            if ref is not None:
+                row["speedup_vs_official"] = ref["median_ms"] / row["median_ms"]
+                diff = float(np.abs(top_scores(row["_out"]["pred_logits"]) - top_scores(ref["_out"]["pred_logits"])).max())
+                row["top_score_diff_vs_official"] = diff
+                if dtype == "float32" and diff > 1e-3:
+                    print(f"warning: batch {batch}: deim_jax and the official model's top scores differ by {diff:.2g}")
+            rows.append(row)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                           if not k.startswith("_")), flush=True)
+        if ref is not None:
+            rows.append(ref)
+    for r in rows:
+        r.pop("_out", None)
+    os.makedirs(_OUT.value, exist_ok=True)
+    stem = os.path.join(_OUT.value, f"benchmark_{cfg.name}_{dev.platform}{'_deploy' if _DEPLOY.value else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump({**meta, "rows": rows}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(meta, rows))
+    print(f"wrote {stem}.md and .json")
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,58 @@
+"""Time the official PyTorch model: run by ``deim_jax.tools.benchmark --official`` in the Python that
+has torch, torchvision and the official tree's requirements (``--official_python``). Standalone:
+it imports neither jax nor deim_jax.
+
+    python official_forward.py --official=DIR --yaml=REL --state=STATE.npz --size=640 --batch=1
+        --runs=50 --warmup=5 [--deploy] --out=RESULT.npz
+
+``STATE.npz``: the official state dict (``convert.to_torch_state_dict``). ``RESULT.npz``: ``times``
+(seconds per run), ``pred_logits``, ``pred_boxes`` and ``impl`` (torch version and threads).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ("official", "yaml", "state", "out"):
+        p.add_argument(f"--{name}", required=True)
+    for name in ("size", "batch", "runs", "warmup"):
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--deploy", action="store_true")
+    a = p.parse_args()
+    import torch
+
+    sys.path.insert(0, os.path.abspath(a.official))
+    from engine.core import YAMLConfig
+
+    cfg = YAMLConfig(os.path.join(a.official, "configs", a.yaml))
+    cfg.yaml_cfg["eval_spatial_size"] = [a.size, a.size]  # the anchors and position embedding are made for it
+    for backbone in ("HGNetv2", "PResNet"):
+        if backbone in cfg.yaml_cfg:
+            cfg.yaml_cfg[backbone]["pretrained"] = False
+    model = cfg.model
+    state = np.load(a.state)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(state[k])) for k in state.files})
+    model.eval()
+    if a.deploy:
+        model = model.deploy()
+    x = np.random.default_rng(0).random((a.batch, a.size, a.size, 3), np.float32)  # the benchmark's input
+    x = torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+    times = []
+    with torch.no_grad():
+        for i in range(a.warmup + a.runs):
+            t0 = time.perf_counter()
+            out = model(x)
+            if i >= a.warmup:
+                times.append(time.perf_counter() - t0)
+    np.savez(a.out, times=np.array(times), pred_logits=out["pred_logits"].numpy(), pred_boxes=out["pred_boxes"].numpy(),
+             impl=np.array(f"official PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"))
+
+
+if __name__ == "__main__":
+    main()
