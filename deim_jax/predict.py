@@ -17,8 +17,9 @@ Writes into ``--out``:
   id of the label (COCO's for official weights).
 
 Images go through the model in batches of ``--batch`` at the config's ``eval_spatial_size``
-(``--size`` changes it), jitted once, with the BatchNorms folded (``--nofuse``: as trained). A file that cannot be read is skipped with a warning naming
-it, counted in the last line; the run goes on.
+(``--size`` changes it), jitted once, with the BatchNorms folded (``--nofuse``: as trained). A
+file that cannot be read is skipped with a warning naming it, counted in the last line; the run
+goes on.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def _fold_conv_norm(params: Dict, stats: Dict, norm: str):
     k = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(st["var"], np.float64) + EPS)
     conv = params["conv"]
     kernel = np.asarray(conv["kernel"], np.float64) * k  # [kh, kw, in/g, out]: scales the output channels
-    bias = np.asarray(bn["bias"], np.float64) + (np.asarray(conv.get("bias", 0.0), np.float64) - np.asarray(st["mean"])) * k
+    conv_bias = np.asarray(conv.get("bias", 0.0), np.float64)
+    bias = np.asarray(bn["bias"], np.float64) + (conv_bias - np.asarray(st["mean"], np.float64)) * k
     params = {n: v for n, v in params.items() if n != norm}
     params["conv"] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
     stats = {n: v for n, v in stats.items() if n != norm}

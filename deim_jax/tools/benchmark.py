@@ -15,8 +15,8 @@ analysis of the program; the device's peak where it reports one). Weights are ra
 (DEIM's YAML for ``dfine_*`` and ``rtdetrv2_*``) with the same weights
 (``convert.to_torch_state_dict``; ``deploy()`` with ``--deploy``) on the same input in the same
 run, float32, in ``--official_python`` (``official_forward.py``; torch, torchvision and the tree's
-requirements, as ``experiments/official_ab/setup_official.sh`` installs them), and gives the ratio; it warns when the two models' top scores differ by more than
-1e-3. Results go to ``--out`` as ``benchmark_<config>_<platform>.md`` and ``.json`` with the date,
+requirements, as ``experiments/official_ab/setup_official.sh`` installs them), and gives the
+ratio; it warns when the two models' top scores differ by more than 1e-3. Results go to ``--out`` as ``benchmark_<config>_<platform>.md`` and ``.json`` with the date,
 device and versions.
 """
 
@@ -167,7 +167,7 @@ def main(argv):
     batches = [int(b) for b in _BATCH.value.split(",")]
     dtypes = _DTYPE.value.split(",")
     size = (_SIZE.value, _SIZE.value) if _SIZE.value else tuple(cfg.eval_spatial_size)
-    if any(_ for _ in (_WORKDIR.value, _CHECKPOINT.value, _WEIGHTS.value)):
+    if _WORKDIR.value or _CHECKPOINT.value or _WEIGHTS.value:
         variables = deploy_weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value,
                                         weights=_WEIGHTS.value).variables
     else:
