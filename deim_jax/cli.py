@@ -139,6 +139,28 @@ def setup_console() -> None:
     logger.propagate = False
 
 
+CACHE_ENV = "DEIM_JAX_CACHE_DIR"
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "deim_jax", "xla")
+
+
+def compilation_cache_dir() -> Optional[str]:
+    """The persistent XLA compilation cache every command line uses: ``$DEIM_JAX_CACHE_DIR`` (empty:
+    off), else JAX's own ``$JAX_COMPILATION_CACHE_DIR`` if set, else ``~/.cache/deim_jax/xla``.
+    Programs that compile in under a second are not stored (JAX's default threshold); nor are
+    programs with host callbacks (the scipy matcher on CPU): JAX does not cache those."""
+    if CACHE_ENV in os.environ:
+        return os.environ[CACHE_ENV] or None
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_CACHE_DIR
+
+
+def enable_compilation_cache() -> Optional[str]:
+    import jax
+
+    path = compilation_cache_dir()
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def run(main: Callable, default_config: Optional[str] = None) -> None:
     """``absl.app.run(main)`` with ``config_argv`` applied to ``sys.argv``, the console set up and
     a ``UserError`` (from the flags or from ``main``) turned into ``fail``."""
@@ -147,6 +169,7 @@ def run(main: Callable, default_config: Optional[str] = None) -> None:
 
     def wrapped(argv):
         setup_console()
+        enable_compilation_cache()
         return main(argv)
 
     try:

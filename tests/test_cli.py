@@ -36,3 +36,15 @@ def test_progress_rate_starts_after_the_first_step_and_skips_paused_time():
         time.sleep(0.05)
     assert p._previous_time - before >= 0.05  # the clock moved on by the pause
     assert format_eta(float("nan")) == "?" and format_eta(3725) == "1:02:05"
+
+
+def test_compilation_cache_folder_follows_the_environment(monkeypatch):
+    monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert cli.compilation_cache_dir() == cli.DEFAULT_CACHE_DIR
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/jax_own")
+    assert cli.compilation_cache_dir() == "/tmp/jax_own"
+    monkeypatch.setenv(cli.CACHE_ENV, "/tmp/moved")
+    assert cli.compilation_cache_dir() == "/tmp/moved"
+    monkeypatch.setenv(cli.CACHE_ENV, "")
+    assert cli.compilation_cache_dir() is None  # off

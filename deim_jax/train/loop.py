@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -249,9 +250,13 @@ def _train(cfg, s: Setup, state, rule: Stage2Rule, train_iter, val_records, clas
             local = next(train_iter)
             dropped = int(local["num_dropped_boxes"].sum()) if "num_dropped_boxes" in local else 0
             batch = sharding.global_batch({k: local[k] for k in ("image", "boxes", "labels", "mask")}, s.mesh)
+            started = time.perf_counter()
             state, metrics = s.train_step(state, batch)
             step += 1
             _check_finite(cfg, metrics, step, mngr)  # waits for the step: the progress clock excludes compilation
+            if step == first_step + 1:
+                log.info("first train step: %.1f s, compilation included (persistent cache: %s)",
+                         time.perf_counter() - started, jax.config.jax_compilation_cache_dir or "off")
             if progress(step):
                 _report(progress, writer, cfg, steps_per_epoch, step, metrics, dropped)
             end_of_epoch = step % steps_per_epoch == 0
