@@ -162,6 +162,7 @@ def test_predict_writes_pictures_video_and_coco_results_and_skips_unreadable_fil
     for name in val[:2]:
         Image.open(os.path.join(root, "val", name)).save(inp / name)
     Image.open(os.path.join(root, "val", val[2])).convert("L").save(inp / "nested" / "grey.png")
+    Image.open(os.path.join(root, "val", val[3])).save(inp / "nested" / "grey.jpg")  # the same stem as grey.png
     (inp / "broken.jpg").write_bytes(b"not an image")
     writer = media.VideoWriter(str(inp / "clip.mp4"), fps=4)
     for name in val[:3]:
@@ -173,9 +174,9 @@ def test_predict_writes_pictures_video_and_coco_results_and_skips_unreadable_fil
     loaded = weights.load(cfg, checkpoint=ckpt)
     with caplog.at_level("WARNING", logger="deim_jax.predict"):
         counts = predict(cfg, media.expand_inputs(str(inp)), out, loaded, threshold=0.0, batch=2, root=str(inp))
-    assert counts == {"images": 3, "frames": 3, "detections": 6 * cfg.num_top_queries, "skipped": 1}
+    assert counts == {"images": 4, "frames": 3, "detections": 7 * cfg.num_top_queries, "skipped": 1}
     assert "skipped " + str(inp / "broken.jpg") in caplog.text
-    for rel in (os.path.splitext(val[0])[0] + ".jpg", "nested/grey.jpg", "clip.mp4"):
+    for rel in (os.path.splitext(val[0])[0] + ".jpg", "nested/grey.jpg", "nested/grey_png.jpg", "clip.mp4"):
         assert os.path.getsize(os.path.join(out, rel)) > 0, rel
     drawn = np.asarray(Image.open(os.path.join(out, os.path.splitext(val[0])[0] + ".jpg")), float)
     assert drawn.shape == media.read_rgb(str(inp / val[0])).shape

@@ -74,9 +74,15 @@ def _coco_rows(file_name: str, image_id: int, detections, label_to_category: Dic
     return rows
 
 
-def _out_path(out: str, root: Optional[str], path: str, ext: str) -> str:
+def _out_path(out: str, root: Optional[str], path: str, ext: str, taken: set) -> str:
+    """Where the drawn ``path`` goes: its path under ``root`` with ``ext``; ``name_png.jpg`` when
+    another input of this run (``name.jpg``) already took ``name.jpg``."""
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
-    target = os.path.join(out, os.path.splitext(rel)[0] + ext)
+    stem, own_ext = os.path.splitext(rel)
+    target = os.path.join(out, stem + ext)
+    if target in taken:
+        target = os.path.join(out, f"{stem}_{own_ext.lstrip('.')}{ext}")
+    taken.add(target)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     return target
 
@@ -97,6 +103,7 @@ def predict(cfg, sources, out: str, loaded, threshold: float = 0.4, batch: int =
     ids = image_ids([os.path.splitext(os.path.basename(s.path))[0] for s in sources])
     counts = {"images": 0, "frames": 0, "detections": 0, "skipped": 0}
     rows: List[dict] = []
+    taken: set = set()
     t0 = time.perf_counter()
 
     def readable_images():
@@ -114,7 +121,7 @@ def predict(cfg, sources, out: str, loaded, threshold: float = 0.4, batch: int =
         for chunk in _batches(readable_images(), batch):
             for (source, image_id, rgb), det in zip(chunk, predictor([c[2] for c in chunk])):
                 draw_detections(rgb, det[1], det[0], det[2], names).save(
-                    _out_path(out, root, source.path, ".jpg"), quality=92)
+                    _out_path(out, root, source.path, ".jpg", taken), quality=92)
                 rows += _coco_rows(source.path, image_id, det, to_category)
                 counts["detections"] += len(det[0])
             counts["images"] += len(chunk)
@@ -133,17 +140,23 @@ def predict(cfg, sources, out: str, loaded, threshold: float = 0.4, batch: int =
             counts["skipped"] += 1
             log.warning("skipped %s: not a readable video (%s)", source.path, e)
             continue
-        writer = media.VideoWriter(_out_path(out, root, source.path, ".mp4"), fps)
+        writer = media.VideoWriter(_out_path(out, root, source.path, ".mp4", taken), fps)
         frame_index = 0
-        with tqdm(total=frames or None, unit="frame", desc=os.path.basename(source.path), dynamic_ncols=True) as bar:
-            for chunk in _batches(media.video_frames(source.path), batch):
-                for rgb, det in zip(chunk, predictor(chunk)):
-                    writer.write(np.asarray(draw_detections(rgb, det[1], det[0], det[2], names)))
-                    rows += _coco_rows(source.path, image_id, det, to_category, frame=frame_index)
-                    counts["detections"] += len(det[0])
-                    frame_index += 1
-                bar.update(len(chunk))
-        writer.close()
+        try:
+            with tqdm(total=frames or None, unit="frame", desc=os.path.basename(source.path),
+                      dynamic_ncols=True) as bar:
+                for chunk in _batches(media.video_frames(source.path), batch):
+                    for rgb, det in zip(chunk, predictor(chunk)):
+                        writer.write(np.asarray(draw_detections(rgb, det[1], det[0], det[2], names)))
+                        rows += _coco_rows(source.path, image_id, det, to_category, frame=frame_index)
+                        counts["detections"] += len(det[0])
+                        frame_index += 1
+                    bar.update(len(chunk))
+        except Exception as e:  # a frame PyAV cannot decode: keep what was done  # noqa: BLE001
+            counts["skipped"] += 1
+            log.warning("%s: stopped at frame %d, the rest is not readable (%s)", source.path, frame_index, e)
+        finally:
+            writer.close()
         counts["frames"] += frame_index
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(rows, f)
