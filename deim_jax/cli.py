@@ -42,6 +42,27 @@ def define_config_flag():
     return config_flags.DEFINE_config_file("config", None, "Config name or path[:arg].", lock_config=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightsFlags:
+    """``--workdir`` / ``--checkpoint`` / ``--weights`` of a tool that runs trained weights;
+    ``values()`` are the keyword arguments of ``deim_jax.deploy.weights.load``."""
+    workdir: flags.FlagHolder
+    checkpoint: flags.FlagHolder
+    weights: flags.FlagHolder
+
+    def values(self) -> dict:
+        return {"workdir": self.workdir.value, "checkpoint": self.checkpoint.value, "weights": self.weights.value}
+
+
+def define_weights_flags() -> WeightsFlags:
+    """The weights flags (call once, at module level of a command-line module)."""
+    return WeightsFlags(
+        flags.DEFINE_string("workdir", None, "Training run folder: the EMA weights of its best-AP checkpoint."),
+        flags.DEFINE_string("checkpoint", None, "Checkpoint folder (WORKDIR/checkpoints, or "
+                            "deim_jax.tools.convert's output): its newest checkpoint's EMA weights."),
+        flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.pth)."))
+
+
 def config_argv(argv: Sequence[str], default: Optional[str] = None) -> List[str]:
     """``argv`` (program name first) with ``--config=NAME`` / ``--config NAME`` turned into
     ``--config=PATH[:ARG]``; ``--config=DEFAULT`` is added when ``default`` is given and no ``--config`` is."""

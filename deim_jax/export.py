@@ -28,9 +28,7 @@ from deim_jax.errors import UserError
 log = logging.getLogger("deim_jax.export")
 
 _CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run folder: the EMA weights of its best-AP checkpoint.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint folder: its newest checkpoint's EMA weights.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.pth).")
+_WEIGHT_FLAGS = cli.define_weights_flags()
 _FORMAT = flags.DEFINE_enum("format", None, ["stablehlo", "savedmodel", "onnx"], "Artifact format.")
 _OUT = flags.DEFINE_string("out", None, "File (stablehlo, onnx) or folder (savedmodel) to write.")
 _SIZE = flags.DEFINE_integer("size", None, "Square input size (default: the config's eval_spatial_size).")
@@ -63,7 +61,7 @@ def main(argv):
     size = (_SIZE.value, _SIZE.value) if _SIZE.value else tuple(cfg.eval_spatial_size)
     if min(size) < 32 or size[0] % 32 or size[1] % 32:
         raise UserError(f"--size={size[0]}: must be a multiple of 32 (the backbone's stride)")
-    loaded = weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value)
+    loaded = weights.load(cfg, **_WEIGHT_FLAGS.values())
     log.info("%s: %s", cfg.name, loaded.source)
     t0 = time.perf_counter()
     exported = fusion.fold(loaded.variables) if _FUSE.value else loaded.variables

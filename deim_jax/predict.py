@@ -36,10 +36,7 @@ from deim_jax.errors import UserError
 log = logging.getLogger("deim_jax.predict")
 
 _CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run folder: the EMA weights of its best-AP checkpoint.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint folder (WORKDIR/checkpoints, or "
-                                  "deim_jax.tools.convert's output): its newest checkpoint's EMA weights.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Official PyTorch checkpoint (.pth).")
+_WEIGHT_FLAGS = cli.define_weights_flags()
 _INPUT = flags.DEFINE_string("input", None, "Image, folder, glob pattern or video.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _THRESHOLD = flags.DEFINE_float("score_threshold", 0.4, "Smallest score drawn and written.")
@@ -61,7 +58,7 @@ def main(argv):
         raise UserError(f"--batch={_BATCH.value}: must be at least 1")
     sources = media.expand_inputs(_INPUT.value)
     out = cli.writable_folder(_OUT.value, "--out")
-    loaded = weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value)
+    loaded = weights.load(cfg, **_WEIGHT_FLAGS.values())
     log.info("%s: %s", cfg.name, loaded.source)
     if _FUSE.value:
         from deim_jax.models import fusion

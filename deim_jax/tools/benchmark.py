@@ -49,9 +49,7 @@ _OFFICIAL = flags.DEFINE_string("official", None, "Official DEIM source tree: ti
 _OUT = flags.DEFINE_string("out", os.path.join(configs.REPO_ROOT, "benchmarks", "results"), "Results folder.")
 _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
                                        "official tree's requirements (experiments/official_ab/setup_official.sh).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Weights: a run's best-AP checkpoint.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Weights: a checkpoint folder.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Weights: an official .pth.")
+_WEIGHT_FLAGS = cli.define_weights_flags()
 
 OFFICIAL_YAML = {
     **{f"dfine_{s}": f"deim_dfine/deim_hgnetv2_{s}_coco.yml" for s in "nsmlx"},
@@ -167,9 +165,8 @@ def main(argv):
     batches = [int(b) for b in _BATCH.value.split(",")]
     dtypes = _DTYPE.value.split(",")
     size = (_SIZE.value, _SIZE.value) if _SIZE.value else tuple(cfg.eval_spatial_size)
-    if _WORKDIR.value or _CHECKPOINT.value or _WEIGHTS.value:
-        variables = deploy_weights.load(cfg, workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value,
-                                        weights=_WEIGHTS.value).variables
+    if any(_WEIGHT_FLAGS.values().values()):
+        variables = deploy_weights.load(cfg, **_WEIGHT_FLAGS.values()).variables
     else:
         variables = jax.tree_util.tree_map(np.asarray, models.init(models.build(cfg), cfg, jax.random.PRNGKey(0)))
     run_vars = fusion.fold(variables) if _DEPLOY.value else variables
