@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import backbone_freeze_filter, conv_then_norm
+from deim_jax.models.layers import backbone_freeze_filter, conv_then_norm, max_pool
 
 # variant: (stem mid, stem out, layer_num, per stage (mid, out, num_blocks)). Stage i takes the
 # previous stage's (or the stem's) output; stages 1..3 start with a downsample, stages 2..3 use
@@ -138,7 +138,7 @@ class StemBlock(nn.Module):
         x2 = _pad_right_bottom(x2)
         x2 = ConvBNAct(self.mid, 2, padding=0, name="stem2b", **kw)(x2, train)
         # 2x2 stride-1 max pool on the zero-padded map (ceil_mode changes nothing here).
-        x1 = nn.max_pool(x, window_shape=(2, 2), strides=(1, 1), padding="VALID")
+        x1 = max_pool(x, 2, 1)
         x = jnp.concatenate([x1, x2], axis=-1)
         x = ConvBNAct(self.mid, 3, stride=2, name="stem3", **kw)(x, train)
         x = ConvBNAct(self.out, 1, name="stem4", **kw)(x, train)

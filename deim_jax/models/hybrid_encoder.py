@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deim_jax.models.layers import Conv, ConvNorm, LayerNorm, MultiheadAttention, get_activation, torch_kernel_init
+from deim_jax.models.layers import ConvNorm, LayerNorm, MultiheadAttention, conv, get_activation, torch_kernel_init
 
 VERSIONS = ("dfine", "rtdetrv2")  # values of HybridEncoder.version
 
@@ -69,7 +69,7 @@ class VGGBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         if not self.is_initializing() and "conv" in self.variables.get("params", {}):
-            y = Conv(self.features, 3, use_bias=True, name="conv")(x)
+            y = conv(self.features, 3, use_bias=True, name="conv")(x)
         else:
             y = _conv_norm(self.features, 3, name="conv1")(x, train) + _conv_norm(self.features, 1, name="conv2")(x, train)
         return get_activation(self.act)(y)

@@ -95,7 +95,96 @@ class BatchNorm(nn.Module):
         return y
 
 
-def Conv(
+def _windows(x: jax.Array, kh: int, kw: int, stride: int):
+    """(i, j, x[:, i::stride, j::stride, :] cut to the output size) for every window offset, row-major."""
+    b, h, w, c = x.shape
+    out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
+    for i in range(kh):
+        for j in range(kw):
+            end = (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c)
+            yield i, j, jax.lax.slice(x, (0, i, j, 0), end, (1, stride, stride, 1))
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Depthwise 2-D conv as a sum of k*k shifted, strided slices times their kernel row.
+
+    x: [B, H, W, C]; kernel: [k, k, 1, C] (Flax's layout for ``feature_group_count=C``);
+    padding: ((top, bottom), (left, right)). The same result as ``lax.conv_general_dilated``
+    with ``feature_group_count=C`` up to float rounding (the k*k products are summed in a fixed
+    order), but XLA fuses it into elementwise loops: on XLA:CPU about 10-25x faster forward and
+    5-40x in the backward pass than its grouped convolution (``benchmarks/conv_forms.py``).
+    """
+    out = None
+    for i, j, window in _windows(jnp.pad(x, ((0, 0), *padding, (0, 0))), *kernel.shape[:2], stride):
+        term = window * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
+    """PyTorch's ``MaxPool2d(window, stride, padding)`` on NHWC (the padding acts as -inf).
+
+    A chain of strict ``>`` selections over the window offsets in row-major order, so the
+    gradient goes to the first maximum of each window, as in PyTorch; XLA's own max-pool
+    gradient (select-and-scatter with index tracking) costs ~100 ms per D-FINE step on CPU.
+    """
+    out = None
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+    for _, _, win in _windows(x, window, window, stride):
+        out = win if out is None else jnp.where(win > out, win, out)
+    return out
+
+
+# Which forms ``Conv`` computes: None = by backend (the CPU forms on CPU, XLA's convolution on
+# GPU/TPU); True/False forces them (tests show every form gives the same outputs).
+CPU_FORMS: Optional[bool] = None
+
+
+def use_cpu_forms() -> bool:
+    return jax.default_backend() == "cpu" if CPU_FORMS is None else CPU_FORMS
+
+
+class Conv(nn.Module):
+    """A 2-D conv with PyTorch's explicit padding and ``nn.Conv``'s parameters: ``kernel``
+    [k, k, in/groups, features] and, with ``use_bias``, ``bias`` [features].
+
+    ``padding``: ((top, bottom), (left, right)). On CPU (``use_cpu_forms``) a 1x1 stride-1 conv
+    is a matrix product over channels and a depthwise conv (``groups`` == in == features) is
+    ``depthwise_conv``: XLA:CPU runs both several times faster than its convolution
+    (``benchmarks/conv_forms.py``); everything else is ``lax.conv_general_dilated``.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    groups: int = 1
+    padding: Tuple[Tuple[int, int], Tuple[int, int]] = ((0, 0), (0, 0))
+    use_bias: bool = False
+    kernel_init: Callable = torch_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        k, c_in = self.kernel_size, x.shape[-1]
+        if c_in % self.groups:
+            raise ValueError(f"{self.name}: {c_in} input channels do not split into {self.groups} groups")
+        kernel = self.param("kernel", self.kernel_init, (k, k, c_in // self.groups, self.features))
+        x, kernel = nn.dtypes.promote_dtype(x, kernel)
+        cpu_forms = use_cpu_forms()
+        no_pad = all(p == (0, 0) for p in self.padding)
+        if cpu_forms and k == 1 and self.stride == 1 and self.groups == 1 and no_pad:
+            y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+        elif cpu_forms and self.groups == c_in == self.features > 1:
+            y = depthwise_conv(x, kernel, self.stride, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), self.padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             feature_group_count=self.groups)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
+        return y
+
+
+def conv(
     features: int,
     kernel: int,
     stride: int = 1,
@@ -104,22 +193,13 @@ def Conv(
     use_bias: bool = False,
     name: Optional[str] = None,
     kernel_init=torch_kernel_init,
-) -> nn.Conv:
-    """A 2-D conv with PyTorch's explicit symmetric padding ((k-1)//2 by default)."""
+) -> Conv:
+    """``Conv`` with symmetric padding (k-1)//2 by default (an int pads both sides by it)."""
     if padding is None:
         padding = (kernel - 1) // 2
     if isinstance(padding, int):
         padding = [(padding, padding), (padding, padding)]
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=padding,
-        feature_group_count=groups,
-        use_bias=use_bias,
-        kernel_init=kernel_init,
-        name=name,
-    )
+    return Conv(features, kernel, stride, groups, tuple(map(tuple, padding)), use_bias, kernel_init, name=name)
 
 
 def is_folded(module: nn.Module, norm_name: str) -> bool:
@@ -138,8 +218,8 @@ def conv_then_norm(module: nn.Module, x, train: bool, *, features: int, kernel: 
     """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` inside ``module``'s scope, or the folded
     conv with its bias alone when the variables are folded (``is_folded``)."""
     if is_folded(module, norm_name):
-        return Conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
-    x = Conv(features, kernel, stride, groups, padding, name="conv", kernel_init=kernel_init)(x)
+        return conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
+    x = conv(features, kernel, stride, groups, padding, name="conv", kernel_init=kernel_init)(x)
     return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train)
 
 

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.models.layers import ConvNorm, backbone_freeze_filter
+from deim_jax.models.layers import ConvNorm, backbone_freeze_filter, max_pool
 
 # depth -> (block type, blocks per stage)
 ARCH = {
@@ -45,7 +45,7 @@ def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """``nn.MaxPool2d(3, 2, 1)``: the padding acts as -inf."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, 3, 2, ((1, 1), (1, 1)))
 
 
 class _ShortD(nn.Module):

@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from deim_jax import cli, configs
-from deim_jax.errors import UserError
+from deim_jax.tools import official
 
 _CONFIG = cli.define_config_flag()
 _BATCH = flags.DEFINE_string("batch", "1", "Comma-separated batch sizes.")
@@ -50,14 +50,6 @@ _OUT = flags.DEFINE_string("out", os.path.join(configs.REPO_ROOT, "benchmarks", 
 _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
                                        "official tree's requirements (experiments/official_ab/setup_official.sh).")
 _WEIGHT_FLAGS = cli.define_weights_flags()
-
-OFFICIAL_YAML = {
-    **{f"dfine_{s}": f"deim_dfine/deim_hgnetv2_{s}_coco.yml" for s in "nsmlx"},
-    "rtdetrv2_r18": "deim_rtdetrv2/deim_r18vd_120e_coco.yml", "rtdetrv2_r34": "deim_rtdetrv2/deim_r34vd_120e_coco.yml",
-    "rtdetrv2_r50": "deim_rtdetrv2/deim_r50vd_60e_coco.yml", "rtdetrv2_r50m": "deim_rtdetrv2/deim_r50vd_m_60e_coco.yml",
-    "rtdetrv2_r101": "deim_rtdetrv2/deim_r101vd_60e_coco.yml",
-}
-
 
 def _timed(fn, runs: int, warmup: int) -> List[float]:
     for _ in range(warmup):
@@ -108,31 +100,13 @@ def bench_jax(cfg, variables, batch: int, dtype: str, size, runs: int, warmup: i
     return row
 
 
-def bench_official(cfg, official: str, python: str, variables, batch: int, size, runs: int, warmup: int,
+def bench_official(cfg, tree: str, python: str, variables, batch: int, size, runs: int, warmup: int,
                    deploy: bool) -> Dict:
     """The official model of ``cfg`` with ``variables``, timed by ``official_forward.py`` in ``python``."""
-    import subprocess
-    import tempfile
-
-    from deim_jax import convert
-
-    if cfg.name not in OFFICIAL_YAML:
-        raise UserError(f"--official: no official config for --config={cfg.name} (one of {', '.join(OFFICIAL_YAML)})")
-    if not os.path.isfile(os.path.join(official, "engine", "core", "__init__.py")):
-        raise UserError(f"--official={official}: not an official DEIM source tree (no engine/core)")
-    cfg = cfg.copy_and_resolve_references()
-    cfg.eval_spatial_size = tuple(size)  # the state dict's anchors are made for the benchmark's size
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(os.path.join(tmp, "state.npz"), **convert.to_torch_state_dict(variables, cfg))
-        cmd = [python, os.path.join(os.path.dirname(__file__), "official_forward.py"), f"--official={official}",
-               f"--yaml={OFFICIAL_YAML[cfg.name]}", f"--state={tmp}/state.npz", f"--size={size[0]}",
-               f"--batch={batch}", f"--runs={runs}", f"--warmup={warmup}", f"--out={tmp}/out.npz"]
-        r = subprocess.run(cmd + (["--deploy"] if deploy else []), capture_output=True, text=True)
-        if r.returncode != 0:
-            raise UserError(f"--official: the official model failed in {python}: {r.stderr.strip().splitlines()[-1:]}")
-        out = np.load(f"{tmp}/out.npz")
-        return {"impl": str(out["impl"]), "batch": batch, "dtype": "float32", **_summary(list(out["times"]), batch),
-                "_out": {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}}
+    args = [f"--size={size[0]}", f"--batch={batch}", f"--runs={runs}", f"--warmup={warmup}"]
+    out = official.run("official_forward.py", cfg, tree, python, variables, size, args + (["--deploy"] if deploy else []))
+    return {"impl": str(out["impl"]), "batch": batch, "dtype": "float32", **_summary(list(out["times"]), batch),
+            "_out": {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}}
 
 
 def top_scores(logits: np.ndarray) -> np.ndarray:
