@@ -36,3 +36,18 @@ def append_row(path: str, title: str, columns: Sequence[str], row: Sequence[str]
         f.write("\n".join(lines) + "\n")
     print(lines[-1])
     print(f"wrote {path}")
+
+
+def synthetic_batch(batch, size, max_boxes=100, n_boxes=20, seed=0):
+    """A train batch of random [batch, size, size, 3] images with ``n_boxes`` random boxes each
+    (normalized cxcywh, padded to ``max_boxes``), as the input pipeline gives it."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    cxcy = rng.uniform(0.2, 0.8, (batch, max_boxes, 2))
+    wh = rng.uniform(0.05, 0.3, (batch, max_boxes, 2))
+    mask = np.zeros((batch, max_boxes), bool)
+    mask[:, :n_boxes] = True
+    return {"image": rng.random((batch, size, size, 3), np.float32),
+            "boxes": np.concatenate([cxcy, wh], -1).astype(np.float32),
+            "labels": rng.integers(0, 80, (batch, max_boxes)).astype(np.int32), "mask": mask}

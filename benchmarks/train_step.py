@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from typing import Dict
-
-import sys
 
 import bench_common  # first: puts the repository on sys.path (run as python benchmarks/...)
 import jax
@@ -41,17 +40,6 @@ _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Pytho
                                        "official tree's requirements (experiments/official_ab/setup_official.sh).")
 
 
-def synthetic_batch(batch, size, max_boxes=100, n_boxes=20, seed=0):
-    rng = np.random.default_rng(seed)
-    cxcy = rng.uniform(0.2, 0.8, (batch, max_boxes, 2))
-    wh = rng.uniform(0.05, 0.3, (batch, max_boxes, 2))
-    mask = np.zeros((batch, max_boxes), bool)
-    mask[:, :n_boxes] = True
-    return {"image": rng.random((batch, size, size, 3), np.float32),
-            "boxes": np.concatenate([cxcy, wh], -1).astype(np.float32),
-            "labels": rng.integers(0, 80, (batch, max_boxes)).astype(np.int32), "mask": mask}
-
-
 def time_train_step(cfg, batch: Dict[str, np.ndarray], repeats: int):
     """(compile + first step seconds, median seconds per step, the initial variables)."""
     s = setup_lib.setup(cfg, sharding.make_mesh(), steps_per_epoch=1000)
@@ -70,7 +58,7 @@ def time_train_step(cfg, batch: Dict[str, np.ndarray], repeats: int):
 def main(argv):
     del argv
     cfg = cli.require_config(_CONFIG)
-    batch = synthetic_batch(_BATCH.value, cfg.eval_spatial_size[0])
+    batch = bench_common.synthetic_batch(_BATCH.value, cfg.eval_spatial_size[0])
     compile_s, t, variables = time_train_step(cfg, batch, _REPEATS.value)
     columns = ["config", "compute dtype", "batch", "compile s", "median s/step", "images/s"]
     row = [cfg.name, cfg.compute_dtype, str(_BATCH.value), f"{compile_s:.1f}", f"{t:.3f}", f"{_BATCH.value / t:.2f}"]

@@ -26,16 +26,14 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from typing import Dict, List
 
 import numpy as np
 from absl import flags
 
 from deim_jax import cli, configs
-from deim_jax.tools import official
+from deim_jax.tools import speed
 
 _CONFIG = cli.define_config_flag()
 _BATCH = flags.DEFINE_string("batch", "1", "Comma-separated batch sizes.")
@@ -50,69 +48,6 @@ _OUT = flags.DEFINE_string("out", os.path.join(configs.REPO_ROOT, "benchmarks", 
 _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
                                        "official tree's requirements (experiments/official_ab/setup_official.sh).")
 _WEIGHT_FLAGS = cli.define_weights_flags()
-
-def _timed(fn, runs: int, warmup: int) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _summary(times: List[float], batch: int) -> Dict[str, float]:
-    median = statistics.median(times)
-    return {"median_ms": median * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3, "images_per_s": batch / median}
-
-
-def bench_jax(cfg, variables, batch: int, dtype: str, size, runs: int, warmup: int) -> Dict:
-    """One setting's numbers (module docstring) for deim_jax."""
-    import jax
-
-    from deim_jax import models
-    from deim_jax.train.train_step import make_predict_step
-
-    cfg = cfg.copy_and_resolve_references()
-    cfg.compute_dtype = dtype
-    cfg.eval_spatial_size = tuple(size)
-    step = jax.jit(make_predict_step(models.build(cfg), cfg))
-    x = jax.device_put(np.random.default_rng(0).random((batch, size[0], size[1], 3), np.float32))
-    variables = jax.device_put(variables)
-    t0 = time.perf_counter()
-    compiled = step.lower(variables, x).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    mem = compiled.memory_analysis()
-    program_bytes = sum(getattr(mem, a, 0) for a in ("temp_size_in_bytes", "argument_size_in_bytes",
-                                                      "output_size_in_bytes")) if mem is not None else float("nan")
-    times = _timed(lambda: jax.block_until_ready(compiled(variables, x)), runs, warmup)
-    row = {"impl": "deim_jax", "batch": batch, "dtype": dtype, "compile_s": compile_s, **_summary(times, batch),
-           "gflops": flops / 1e9, "tflops_per_s": flops / statistics.median(times) / 1e12,
-           "program_mib": program_bytes / 2**20}
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
-    row["_out"] = {k: np.asarray(v) for k, v in compiled(variables, x).items()}
-    return row
-
-
-def bench_official(cfg, tree: str, python: str, variables, batch: int, size, runs: int, warmup: int,
-                   deploy: bool) -> Dict:
-    """The official model of ``cfg`` with ``variables``, timed by ``official_forward.py`` in ``python``."""
-    args = [f"--size={size[0]}", f"--batch={batch}", f"--runs={runs}", f"--warmup={warmup}"]
-    out = official.run("official_forward.py", cfg, tree, python, variables, size, args + (["--deploy"] if deploy else []))
-    return {"impl": str(out["impl"]), "batch": batch, "dtype": "float32", **_summary(list(out["times"]), batch),
-            "_out": {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}}
-
-
-def top_scores(logits: np.ndarray) -> np.ndarray:
-    """[B, Q] best class score per query, sorted: comparable whatever order the queries come in."""
-    return np.sort(1 / (1 + np.exp(-np.asarray(logits, np.float64).max(-1))), axis=-1)
-
 
 def markdown(meta: Dict, rows: List[Dict]) -> str:
     cols = ["impl", "batch", "dtype", "compile_s", "median_ms", "p90_ms", "images_per_s", "gflops", "tflops_per_s",
@@ -150,15 +85,15 @@ def main(argv):
             "device": f"{len(jax.devices())}x {dev.platform} {dev.device_kind}, {os.cpu_count()} CPUs, {platform.machine()}"}
     rows = []
     for batch in batches:
-        ref = bench_official(cfg, _OFFICIAL.value, _OFFICIAL_PYTHON.value, variables, batch, size, _RUNS.value,
+        ref = speed.bench_official(cfg, _OFFICIAL.value, _OFFICIAL_PYTHON.value, variables, batch, size, _RUNS.value,
                              _WARMUP.value, _DEPLOY.value) if _OFFICIAL.value else None
         for dtype in dtypes:
-            row = bench_jax(cfg, run_vars, batch, dtype, size, _RUNS.value, _WARMUP.value)
+            row = speed.bench_jax(cfg, run_vars, batch, dtype, size, _RUNS.value, _WARMUP.value)
             if _PEAK.value:
                 row["peak_share"] = row["tflops_per_s"] / _PEAK.value
             if ref is not None:
                 row["speedup_vs_official"] = ref["median_ms"] / row["median_ms"]
-                diff = float(np.abs(top_scores(row["_out"]["pred_logits"]) - top_scores(ref["_out"]["pred_logits"])).max())
+                diff = float(np.abs(speed.top_scores(row["_out"]["pred_logits"]) - speed.top_scores(ref["_out"]["pred_logits"])).max())
                 row["top_score_diff_vs_official"] = diff
                 if dtype == "float32" and diff > 1e-3:
                     print(f"warning: batch {batch}: deim_jax and the official model's top scores differ by {diff:.2g}")

@@ -32,6 +32,9 @@ def main():
     a = p.parse_args()
     import torch
 
+    import official_imports  # beside this script
+
+    official_imports.stub_missing()
     sys.path.insert(0, os.path.abspath(a.official))
     from engine.core import YAMLConfig
 

@@ -1,0 +1,48 @@
+"""Placeholder modules for what the official DEIM tree imports at load time but a timing run never
+uses (``calflops`` for its FLOPs printout, ``faster_coco_eval`` for COCO evaluation), so that the
+official scripts also run where those are not installed (the accelerator image). Standalone:
+imported by ``official_forward.py`` and ``official_train_step.py`` from their own folder."""
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+UNUSED_BY_TIMING = ("calflops", "faster_coco_eval")
+
+
+class _Placeholder(types.ModuleType):
+    """A module whose every attribute is a class that accepts any arguments and does nothing
+    (``faster_coco_eval.init_as_pycocotools()`` runs at import)."""
+
+    __path__ = []  # a package, so that ``from x.y import z`` resolves through the finder
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return type(name, (), {"__init__": lambda *a, **k: None, "__call__": lambda *a, **k: None})
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, roots):
+        self.roots = set(roots)
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in self.roots:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _Placeholder(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+def stub_missing(roots=UNUSED_BY_TIMING):
+    """Serve placeholders for the top-level packages in ``roots`` that are not installed; returns them."""
+    missing = [r for r in roots if importlib.util.find_spec(r) is None]
+    if missing:
+        sys.meta_path.append(_Finder(missing))
+    return missing
