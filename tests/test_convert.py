@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from deim_jax import configs, convert, models
-from tests.parity_utils import synth_state_dict
+from tests.parity_utils import assert_same_state_dict, synth_state_dict
 
 OFFICIAL_PARAMS = {
     "rtdetrv2_r18": 20_183_440,
@@ -32,12 +32,7 @@ def test_round_trip_is_exact(fixture, name):
     sd = synth_state_dict(fixture)
     cfg = configs.get_config(name)
     variables = convert.from_torch_state_dict(sd, cfg)
-    back = convert.to_torch_state_dict(variables, cfg)
-    assert sorted(back) == sorted(sd)
-    for k, v in sd.items():
-        assert back[k].dtype == v.dtype, k
-        assert back[k].shape == v.shape, k
-        np.testing.assert_array_equal(back[k], v, err_msg=k)
+    assert_same_state_dict(convert.to_torch_state_dict(variables, cfg), sd)
 
 
 def test_wrong_state_dict_lists_every_problem():
