@@ -17,7 +17,7 @@ Rows per config:
     step (``--amp``: autocast + GradScaler on CUDA, float32 elsewhere) with the same weights, in
     ``--official_python`` (default: this Python, which has torch on the accelerator image).
 ``--dry-run``: 320x320 images, batch 2, 2 timed runs, a 1024^3 peak product: checks the whole suite
-on a CPU in about a minute a config. Imports no TensorFlow: the accelerator image has none. Writes
+on a CPU in about three minutes a config. Imports no TensorFlow: the accelerator image has none. Writes
 ``accelerator_<platform>.md`` and ``.json`` under ``--out``.
 """
 
