@@ -56,13 +56,7 @@ _OUT = flags.DEFINE_string("out", os.path.join(bench_common.REPO, "benchmarks", 
 
 def timed(fn, runs: int) -> float:
     """Median seconds of ``fn()`` (blocking on its result) after one untimed call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(speed.timed_runs(lambda: jax.block_until_ready(fn()), runs, 1))
 
 
 def measure_peak(n: int, runs: int) -> float:
@@ -113,9 +107,8 @@ def matcher_rows(cfg, s, variables, host_batch, step_ms: float, runs: int) -> Li
     return rows
 
 
-def official_rows(cfg, variables, host_batch, eval_runs: int, train_runs: int, device: str) -> List[Dict]:
+def official_rows(cfg, host_vars, host_batch, eval_runs: int, train_runs: int, device: str) -> List[Dict]:
     size = tuple(cfg.eval_spatial_size)
-    host_vars = jax.tree_util.tree_map(np.asarray, variables)
     rows = []
     ev = speed.bench_official(cfg, _OFFICIAL.value, _OFFICIAL_PYTHON.value, host_vars, 1, size, eval_runs, 5, False)
     rows.append({"work": "eval (official)", "dtype": "float32", "batch": 1, "ms": ev["median_ms"],
@@ -158,16 +151,16 @@ def config_rows(name: str, dry: bool, runs: int) -> List[Dict]:
                 print(rows[-1], flush=True)
     cfg, s, variables, host_batch, step_ms = first
     rows += matcher_rows(cfg, s, variables, host_batch, step_ms, runs)
+    host_vars = jax.tree_util.tree_map(np.asarray, variables)
     for dtype in _DTYPES.value:
         for b in (1, 2) if dry else [int(b) for b in _EVAL_BATCHES.value]:
-            r = speed.bench_jax(base, jax.tree_util.tree_map(np.asarray, variables), b, dtype,
-                                    tuple(base.eval_spatial_size), runs, 2)
+            r = speed.bench_jax(base, host_vars, b, dtype, tuple(base.eval_spatial_size), runs, 2)
             rows.append({"work": "eval", "dtype": dtype, "batch": b, "ms": r["median_ms"],
                          "images_per_s": r["images_per_s"], "tflops_per_s": r["tflops_per_s"]})
             print(rows[-1], flush=True)
     if _OFFICIAL.value:
         device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
-        rows += official_rows(cfg, variables, host_batch, runs, max(2, runs // 4), device)
+        rows += official_rows(cfg, host_vars, host_batch, runs, max(2, runs // 4), device)
         ours = {(r["work"], r["batch"]): r for r in rows if r["dtype"] == "float32"}
         for r in rows:
             if r["work"].endswith("(official)"):

@@ -65,8 +65,8 @@ def main(argv):
     if _OFFICIAL.value:
         size = tuple(cfg.eval_spatial_size)
         out = official.run("official_train_step.py", cfg, _OFFICIAL.value, _OFFICIAL_PYTHON.value,
-                                     jax.tree_util.tree_map(np.asarray, variables), size,
-                                     [f"--runs={_REPEATS.value}", "--warmup=1"], arrays=batch)
+                           jax.tree_util.tree_map(np.asarray, variables), size,
+                           [f"--runs={_REPEATS.value}", "--warmup=1"], arrays=batch)
         t_official = statistics.median(out["times"])
         columns += ["official s/step", "speed vs official"]
         row += [f"{t_official:.3f}", f"{t_official / t:.2f}x"]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from deim_jax import configs
-from deim_jax.tools import official_imports
+from deim_jax.tools import official_common
 
 REPO = configs.REPO_ROOT
 ABSENT_ON_ACCELERATOR = ("tensorflow", "tensorflow_datasets", "pycocotools", "clu")
@@ -40,7 +40,7 @@ def test_accelerator_suite_dry_run_without_tensorflow(tmp_path):
 
 
 def test_official_import_placeholders_only_for_missing_packages():
-    assert official_imports.stub_missing(("json", "deim_jax_no_such_package")) == ["deim_jax_no_such_package"]
+    assert official_common.stub_missing(("json", "deim_jax_no_such_package")) == ["deim_jax_no_such_package"]
     from deim_jax_no_such_package.core import mask  # noqa: F401 - resolved by the placeholder finder
     import deim_jax_no_such_package
 

@@ -10,8 +10,6 @@ it imports neither jax nor deim_jax.
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
@@ -27,20 +25,9 @@ def main():
     a = p.parse_args()
     import torch
 
-    import official_imports  # beside this script
+    import official_common  # beside this script
 
-    official_imports.stub_missing()
-    sys.path.insert(0, os.path.abspath(a.official))
-    from engine.core import YAMLConfig
-
-    cfg = YAMLConfig(os.path.join(a.official, "configs", a.yaml))
-    cfg.yaml_cfg["eval_spatial_size"] = [a.size, a.size]  # the anchors and position embedding are made for it
-    for backbone in ("HGNetv2", "PResNet"):
-        if backbone in cfg.yaml_cfg:
-            cfg.yaml_cfg[backbone]["pretrained"] = False
-    model = cfg.model
-    state = np.load(a.state)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(state[k])) for k in state.files})
+    model = official_common.load(a.official, a.yaml, a.state, [a.size, a.size]).model
     model.eval()
     if a.deploy:
         model = model.deploy()

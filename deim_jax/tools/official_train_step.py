@@ -14,8 +14,6 @@ criterion -> backward -> ``clip_grad_norm_`` (the YAML's ``clip_max_norm``) -> t
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
@@ -32,23 +30,12 @@ def main():
     a = p.parse_args()
     import torch
 
-    import official_imports  # beside this script
-
-    official_imports.stub_missing()
-    sys.path.insert(0, os.path.abspath(a.official))
-    from engine.core import YAMLConfig
+    import official_common  # beside this script
 
     batch = np.load(a.batch)
-    size = list(batch["image"].shape[1:3])
-    cfg = YAMLConfig(os.path.join(a.official, "configs", a.yaml))
-    cfg.yaml_cfg["eval_spatial_size"] = size
-    for backbone in ("HGNetv2", "PResNet"):
-        if backbone in cfg.yaml_cfg:
-            cfg.yaml_cfg[backbone]["pretrained"] = False
+    cfg = official_common.load(a.official, a.yaml, a.state, batch["image"].shape[1:3])
     device = torch.device(a.device)
     model = cfg.model
-    state = np.load(a.state)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(state[k])) for k in state.files})
     model.to(device).train()
     criterion = cfg.criterion.to(device).train()
     optimizer, ema = cfg.optimizer, cfg.ema

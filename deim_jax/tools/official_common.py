@@ -1,11 +1,13 @@
-"""Placeholder modules for what the official DEIM tree imports at load time but a timing run never
-uses (``calflops`` for its FLOPs printout, ``faster_coco_eval`` for COCO evaluation), so that the
-official scripts also run where those are not installed (the accelerator image). Standalone:
-imported by ``official_forward.py`` and ``official_train_step.py`` from their own folder."""
+"""What ``official_forward.py`` and ``official_train_step.py`` share (standalone: they import it from
+their own folder, with neither jax nor deim_jax): loading the official config and model with given
+weights, and placeholder modules for what the official tree imports at load time but a timing run
+never uses (``calflops`` for its FLOPs printout, ``faster_coco_eval`` for COCO evaluation), so that
+the scripts also run where those are not installed (the accelerator image)."""
 
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 
@@ -46,3 +48,24 @@ def stub_missing(roots=UNUSED_BY_TIMING):
     if missing:
         sys.meta_path.append(_Finder(missing))
     return missing
+
+
+def load(official: str, yaml: str, state: str, size):
+    """The official ``YAMLConfig`` of ``configs/<yaml>`` in the tree ``official``, made for ``size``
+    ([H, W]: anchors and position embedding), no pretrained backbone download, and its ``model``
+    holding the state dict of ``state`` (an .npz of the official keys)."""
+    import numpy as np
+    import torch
+
+    stub_missing()
+    sys.path.insert(0, os.path.abspath(official))
+    from engine.core import YAMLConfig
+
+    cfg = YAMLConfig(os.path.join(official, "configs", yaml))
+    cfg.yaml_cfg["eval_spatial_size"] = list(size)
+    for backbone in ("HGNetv2", "PResNet"):
+        if backbone in cfg.yaml_cfg:
+            cfg.yaml_cfg[backbone]["pretrained"] = False
+    arrays = np.load(state)
+    cfg.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in arrays.files})
+    return cfg
