@@ -35,9 +35,9 @@ import bench_common  # first: puts the repository on sys.path (run as python ben
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from deim_jax import configs, losses, models
+from deim_jax import cli, configs, losses, models
 from deim_jax.tools import official, speed
 from deim_jax.train import setup as setup_lib
 from deim_jax.train import sharding
@@ -187,6 +187,10 @@ def main(argv):
     t0 = time.perf_counter()
     dry = _DRY_RUN.value
     runs = 2 if dry else _RUNS.value
+    for name in _CONFIGS.value:  # bad names fail before anything is measured
+        configs.get_config(name)
+        if _OFFICIAL.value:
+            official.check(_OFFICIAL.value, name)
     peak = measure_peak(1024 if dry else 8192, runs)
     rows = [r for name in _CONFIGS.value for r in config_rows(name, dry, runs)]
     for r in rows:
@@ -208,4 +212,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -58,6 +58,8 @@ def time_train_step(cfg, batch: Dict[str, np.ndarray], repeats: int):
 def main(argv):
     del argv
     cfg = cli.require_config(_CONFIG)
+    if _OFFICIAL.value:
+        official.check(_OFFICIAL.value, cfg.name)
     batch = bench_common.synthetic_batch(_BATCH.value, cfg.eval_spatial_size[0])
     compile_s, t, variables = time_train_step(cfg, batch, _REPEATS.value)
     columns = ["config", "compute dtype", "batch", "compile s", "median s/step", "images/s"]

@@ -22,15 +22,21 @@ OFFICIAL_YAML = {
 }
 
 
+def check(official: str, config_name: str) -> None:
+    """A one-line ``UserError`` unless ``official`` is an official DEIM tree with a config for ours
+    (call it before the long deim_jax measurement, not only when the official run starts)."""
+    if config_name not in OFFICIAL_YAML:
+        raise UserError(f"--official: no official config for --config={config_name} (one of {', '.join(OFFICIAL_YAML)})")
+    if not os.path.isfile(os.path.join(official, "engine", "core", "__init__.py")):
+        raise UserError(f"--official={official}: not an official DEIM source tree (no engine/core)")
+
+
 def run(script: str, cfg, official: str, python: str, variables, size, args: List[str],
         arrays: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
     """Run ``script`` (``official_forward.py`` or ``official_train_step.py``, beside this file) in
     ``python`` on the official model of ``cfg`` with ``variables``; returns its result arrays.
     ``arrays`` go to the script as ``--batch=FILE.npz``."""
-    if cfg.name not in OFFICIAL_YAML:
-        raise UserError(f"--official: no official config for --config={cfg.name} (one of {', '.join(OFFICIAL_YAML)})")
-    if not os.path.isfile(os.path.join(official, "engine", "core", "__init__.py")):
-        raise UserError(f"--official={official}: not an official DEIM source tree (no engine/core)")
+    check(official, cfg.name)
     cfg = cfg.copy_and_resolve_references()
     cfg.eval_spatial_size = tuple(size)  # the state dict's anchors are made for the benchmark's size
     with tempfile.TemporaryDirectory() as tmp:
