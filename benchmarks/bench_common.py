@@ -21,6 +21,15 @@ def device_description() -> str:
             f"{platform.machine()}, jax {jax.__version__}")
 
 
+def host_description() -> str:
+    """Date, CPU model and core count of this machine (for benchmarks that do not use jax)."""
+    model = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{datetime.date.today()}, {model}, {os.cpu_count()} CPUs"
+
+
 def append_row(path: str, title: str, columns: Sequence[str], row: Sequence[str]) -> None:
     """Add ``row`` to the last table of ``path``; when that table has other columns (or there is
     none) a new table headed by ``title`` is started below what the file holds."""

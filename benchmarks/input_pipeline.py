@@ -1,20 +1,24 @@
-"""Throughput of the Dense O2O input pipeline at 640 on one CPU core vs plain decode+resize.
+"""Images/s of the Dense O2O input pipeline per phase and core count, side by side with the official
+DataLoader on the same JPEGs.
 
-``python benchmarks/input_pipeline.py [--batches 12] [--batch 8]``
+``python benchmarks/input_pipeline.py [--cores=1,2] [--batches=8] [--batch=8]
+    [--official=DIR --official_python=PY]``
 
-Writes a COCO-format set of COCO-sized JPEGs (640x480, demo shapes upscaled) to a temp
-folder, limits TensorFlow to one thread (intra- and inter-op = 1, num_parallel_calls = 1),
-and measures images/s for: (a) decode + resize to 640x640 (eval path), (b) the full training
-pipeline in the mosaic phase (e0 <= epoch < e1: 50% mosaic of 4 images, photometric,
-zoom-out, IoU crop, flip, resize, MixUp), (c) the phase e1 <= epoch < e2 (no mosaic),
-(d) the no-aug phase. Prints a markdown table.
-
-``--config`` (default ``dfine_l``) and ``--config.data.*`` overrides choose the pipeline settings
-(the data paths are replaced by the synthetic set; ``--batch`` sets ``batch_size``).
+Writes a COCO-format set of COCO-sized JPEGs (640x480, demo shapes upscaled) to a temp folder and,
+for each core count c, pins a fresh process to c cores (``sched_setaffinity``) and measures
+images/s of: the eval path (decode + resize to 640x640) and the training pipeline of ``--config``
+(default ``dfine_l``) in its three phases: Mosaic (e0 <= epoch < e1: 50% Mosaic of 4 images,
+photometric, zoom-out, IoU crop, flip, resize, MixUp, multi-scale), no-Mosaic (e1 <= epoch < e2)
+and no-aug. deim_jax runs with TensorFlow's thread pools and ``num_parallel_calls`` set to c; the
+official DataLoader (``deim_jax/tools/official_pipeline.py``, same YAML recipe, same files, same
+cores) runs in the main process with one torch thread for c = 1 and with c worker processes
+otherwise. Appends the rows to ``benchmarks/results/input_pipeline_cpu.md``.
 """
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,11 +28,21 @@ from absl import flags
 from PIL import Image
 
 from deim_jax import cli
+from deim_jax.errors import UserError
+from deim_jax.tools import official
 
 _CONFIG = cli.define_config_flag()
-_NUM = flags.DEFINE_integer("num", 0, "Images (default: enough for one epoch).")
-_BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per pipeline.")
+_CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to measure, each in a fresh pinned process.")
+_BATCHES = flags.DEFINE_integer("batches", 8, "Timed batches per pipeline (after one warm-up batch).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
+_OFFICIAL = flags.DEFINE_string("official", None, "Official DEIM source tree: time its DataLoader too.")
+_OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
+                                       "official tree's requirements (experiments/official_ab/setup_official.sh).")
+_SET = flags.DEFINE_string("set", None, "(internal) an existing set written by a parent run: images:annotations")
+_OUT = flags.DEFINE_string("out", None, "(internal) write this process's rows as JSON here")
+
+RESULTS = os.path.join(bench_common.REPO, "benchmarks", "results", "input_pipeline_cpu.md")
+PHASES = (("Mosaic phase", 10), ("no-Mosaic phase", 35), ("no-aug phase", 0))  # epochs of the L policy [4, 29, 50]
 
 
 def make_set(root, num):
@@ -45,62 +59,107 @@ def make_set(root, num):
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c, "iscrowd": 0,
                          "bbox": [x * sx, y * sy, w * sx, h * sy], "area": w * h * sx * sy})
     p = os.path.join(root, "ann.json")
-    json.dump({"images": images, "annotations": anns, "categories": demo.CATEGORIES}, open(p, "w"))
+    with open(p, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": demo.CATEGORIES}, f)
     return os.path.join(root, "img"), p
 
 
-def main(argv):
-    del argv
+def measure_ours(c, imgs, ann, cores):
+    """{row name: images/s} of deim_jax's pipelines in this (pinned) process."""
     import tensorflow as tf
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
     from deim_jax import data
     from deim_jax.data import transforms as T
 
-    c = cli.require_config(_CONFIG)
     batches, batch = _BATCHES.value, _BATCH.value
-    num = _NUM.value or (batches + 2) * batch     # the timed batches stay within one epoch
-    root = tempfile.mkdtemp()
-    imgs, ann = make_set(root, num)
     c.num_classes = 4
     c.data.train.images, c.data.train.annotations = imgs, ann
-    c.remap_mscoco_category = False
     c.data.remap_mscoco_category = False
-    c.batch_size = batch
-    c.data.batch_size = batch
-    c.data.num_parallel_calls = 1
+    c.batch_size = c.data.batch_size = batch
+    c.data.num_parallel_calls = cores
     c.data.prefetch = 1
-    c.data.base_size_repeat = None
     rec = data.load_split(c.data, "train")
-    rows = []
-
     paths = tf.constant([str(p) for p in rec.file_names])
+
+    def timed(it):
+        next(it)
+        t = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        return batches * batch / (time.perf_counter() - t)
 
     def plain(i):
         img = T.decode_image(tf.io.read_file(paths[i]))
         return T.resize(img, tf.zeros([0, 4]), 640, 640)[0] / 255.0
 
-    ds = tf.data.Dataset.range(len(rec)).repeat().map(plain, num_parallel_calls=1).batch(batch).prefetch(1)
-    it = iter(ds)
-    next(it)
-    t = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    rows.append(("decode + resize 640 (eval path)", batches * batch / (time.perf_counter() - t)))
+    rows = {"eval path (decode, resize 640)": timed(iter(
+        tf.data.Dataset.range(len(rec)).repeat().map(plain, num_parallel_calls=cores).batch(batch).prefetch(1)))}
+    for name, epoch in PHASES:
+        rows[name] = timed(data.build_train_iterator(
+            c.data, seed=0, state=dict(epoch=epoch, pos=0, step_in_epoch=0), records=rec))
+    return rows
 
-    for name, epoch in [("train, mosaic phase (epoch in [e0, e1))", 10),
-                        ("train, no-mosaic phase (epoch in [e1, e2))", 35),
-                        ("train, no-aug phase (epoch < e0 or >= e2)", 0)]:
-        it = data.build_train_iterator(c.data, seed=0, state=dict(epoch=epoch, pos=0, step_in_epoch=0), records=rec)
-        next(it)
-        t = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        rows.append((name, batches * batch / (time.perf_counter() - t)))
-    print("| pipeline (1 CPU thread, 640x480 JPEG -> 640x640) | images/s |")
-    print("|---|---|")
-    for n, v in rows:
-        print(f"| {n} | {v:.1f} |")
+
+def measure_official(cfg_name, imgs, ann, cores):
+    """{phase: images/s} of the official DataLoader, in a subprocess pinned to ``cores`` cores."""
+    rows = {}
+    for name, epoch in PHASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [_OFFICIAL_PYTHON.value, os.path.join(os.path.dirname(official.__file__), "official_pipeline.py"),
+                   f"--official={_OFFICIAL.value}", f"--yaml={official.OFFICIAL_YAML[cfg_name]}",
+                   f"--images={imgs}", f"--annotations={ann}", f"--epoch={epoch}", f"--batch={_BATCH.value}",
+                   f"--batches={_BATCHES.value}", f"--workers={0 if cores == 1 else cores}", f"--out={tmp}/r.json"]
+            r = subprocess.run(cmd, capture_output=True, text=True,
+                               preexec_fn=lambda: os.sched_setaffinity(0, range(cores)))
+            if r.returncode != 0:
+                raise UserError(f"--official: official_pipeline.py failed: {r.stderr.strip().splitlines()[-1:]}")
+            with open(f"{tmp}/r.json") as f:
+                rows[name] = json.load(f)["images_per_s"]
+    return rows
+
+
+def child(c, cores):
+    """Measure in this process, pinned to ``cores`` cores; write the rows to ``--out``."""
+    os.sched_setaffinity(0, range(cores))
+    imgs, ann = _SET.value.split(":")
+    rows = {"deim_jax": measure_ours(c, imgs, ann, cores)}
+    if _OFFICIAL.value:
+        rows["official"] = measure_official(c.name, imgs, ann, cores)
+    with open(_OUT.value, "w") as f:
+        json.dump(rows, f)
+
+
+def main(argv):
+    del argv
+    c = cli.require_config(_CONFIG)
+    cores = [int(x) for x in _CORES.value]
+    if _OUT.value:
+        return child(c, cores[0])
+    if max(cores) > len(os.sched_getaffinity(0)):
+        raise UserError(f"--cores={_CORES.value}: this process may use {len(os.sched_getaffinity(0))} cores")
+    if _OFFICIAL.value:
+        official.check(_OFFICIAL.value, c.name)
+    root = tempfile.mkdtemp()
+    # enough images that the timed batches stay within one epoch
+    imgs, ann = make_set(root, (_BATCHES.value + 2) * _BATCH.value)
+    columns = ["date, machine", "pipeline (640x480 JPEGs -> 640x640)", "cores", "deim_jax img/s"]
+    columns += ["official img/s", "deim_jax / official"] if _OFFICIAL.value else []
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--cores")]
+    for n in cores:
+        out = os.path.join(root, f"rows_{n}.json")
+        subprocess.run([sys.executable, __file__, *passthrough, f"--cores={n}", f"--set={imgs}:{ann}", f"--out={out}"],
+                       check=True)
+        with open(out) as f:
+            rows = json.load(f)
+        for name, ours in rows["deim_jax"].items():
+            row = [bench_common.host_description(), name, str(n),
+                   f"{ours:.1f}"]
+            if _OFFICIAL.value:
+                theirs = rows["official"].get(name)
+                row += [f"{theirs:.1f}", f"{ours / theirs:.2f}x"] if theirs else ["", ""]
+            bench_common.append_row(RESULTS, f"Input pipeline, config {c.name}, batch {_BATCH.value}, "
+                                    f"{_BATCHES.value} timed batches, same JPEGs and cores for both", columns, row)
 
 
 if __name__ == "__main__":

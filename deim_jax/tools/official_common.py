@@ -50,6 +50,25 @@ def stub_missing(roots=UNUSED_BY_TIMING):
     return missing
 
 
+def _adjust_hue_mod256(img, hue_factor):
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in {"L", "1", "I", "F"}:
+        return img
+    h, s, v = img.convert("HSV").split()
+    hue = np.asarray(h, dtype=np.uint8) + np.uint8(int(hue_factor * 255) % 256)  # wraps modulo 256
+    return Image.merge("HSV", (Image.fromarray(hue, "L"), s, v)).convert(img.mode)
+
+
+def patch_adjust_hue():
+    """torchvision 0.16's PIL ``adjust_hue`` adds a negative hue shift as ``np.uint8(negative)``,
+    which numpy 2 rejects; replace it (at run time, no file edited) by the same addition modulo 256."""
+    import torchvision.transforms._functional_pil as pil_functional
+
+    pil_functional.adjust_hue = _adjust_hue_mod256
+
+
 def load(official: str, yaml: str, state: str, size):
     """The official ``YAMLConfig`` of ``configs/<yaml>`` in the tree ``official``, made for ``size``
     ([H, W]: anchors and position embedding), no pretrained backbone download, and its ``model``
