@@ -256,3 +256,28 @@ def test_photometric_ops_match_pil_imageenhance():
         ref = np.asarray(Image.merge("HSV", (Image.fromarray(nh, "L"), s, v)).convert("RGB"), np.float32)
         d = np.abs(np.asarray(T.adjust_hue(x, 0.03)) - ref)
         assert d.mean() < 2.0 and d.max() <= 12, (d.mean(), d.max())
+
+
+def test_fast_forms_equal_the_tensorflow_ops():
+    """The pipeline's CPU-friendly forms give exactly what the plain TensorFlow ops give: resize
+    as two 1-D passes vs the 2-D antialiased resize (up, down, one axis unchanged), the nearest
+    affine gather vs ImageProjectiveTransformV3, in uint8 and float32."""
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        h, w = rng.integers(5, 300, 2)
+        oh, ow = (h if k % 3 == 0 else rng.integers(5, 500)), rng.integers(5, 500)
+        x = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        ref = T.quantize(tf.image.resize(tf.constant(x, tf.float32), [oh, ow], antialias=True)).numpy()
+        for dtype in (tf.uint8, tf.float32):
+            ours = T.resize(tf.constant(x, dtype), tf.zeros([0, 4]), int(oh), int(ow))[0]
+            assert ours.dtype == dtype
+            np.testing.assert_array_equal(ours.numpy().astype(np.float32), ref)
+        angle, sc = np.deg2rad(rng.uniform(-10, 10)), rng.uniform(0.5, 1.5)
+        lin = tf.constant([[np.cos(angle) / sc, -np.sin(angle) / sc], [np.sin(angle) / sc, np.cos(angle) / sc]],
+                          tf.float32)
+        off = tf.constant(rng.uniform(-50, 50, 2), tf.float32)
+        tr = tf.stack([lin[0, 0], lin[0, 1], off[0], lin[1, 0], lin[1, 1], off[1], 0.0, 0.0])
+        ref = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.constant(x)[None], transforms=tr[None], output_shape=[h, w], fill_value=0.0,
+            interpolation="NEAREST", fill_mode="CONSTANT")[0]
+        np.testing.assert_array_equal(T._nearest_affine(tf.constant(x), lin, off, 0.0).numpy(), ref.numpy())

@@ -76,8 +76,8 @@ class _Tables:
         self.n = len(rec)
 
     def load(self, idx):
-        """Decoded image float32 [H,W,3] 0..255, boxes xyxy [N,4] (decoded pixels), labels [N]."""
-        img = T.decode_image(tf.io.read_file(self.paths[idx]))
+        """Decoded image uint8 [H,W,3], boxes xyxy [N,4] (decoded pixels), labels [N]."""
+        img = T.decode_image(tf.io.read_file(self.paths[idx]), tf.uint8)
         a, b = self.offsets[idx], self.offsets[idx + 1]
         boxes = self.boxes[a:b]
         wh = tf.cast(self.wh[idx], tf.float32)
@@ -137,7 +137,7 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
         img, boxes = T.resize(img, boxes, size, size)
         boxes, labels = T.sanitize(boxes, labels, size, size)
         b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, pc["max_boxes"])
-        img = img / 255.0
+        img = tf.cast(img, tf.float32) / 255.0
         img.set_shape([size, size, 3])
         return {"image": img, "boxes": b, "labels": l, "mask": m,
                 "num_dropped_boxes": tf.cast(dropped, tf.int32),
@@ -329,7 +329,7 @@ def build_eval_dataset(d, process_index: int = 0, process_count: int = 1, record
         return real()
 
     def fallback(i):
-        return (tf.zeros([size, size, 3], tf.float32), tf.zeros([0, 4], tf.float32),
+        return (tf.zeros([size, size, 3], tf.uint8), tf.zeros([0, 4], tf.float32),
                 tf.zeros([0], tf.int32), tf.constant(False))
 
     def safe_load(i):
@@ -343,7 +343,7 @@ def build_eval_dataset(d, process_index: int = 0, process_count: int = 1, record
         boxes, labels = T.sanitize(boxes, labels, size, size)
         b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, max_boxes)
         j = tf.maximum(i, 0)
-        img = img / 255.0
+        img = tf.cast(img, tf.float32) / 255.0
         img.set_shape([size, size, 3])
         return {"image": img, "boxes": b, "labels": l, "mask": m,
                 "num_dropped_boxes": tf.cast(dropped, tf.int32),

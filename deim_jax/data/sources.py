@@ -88,7 +88,7 @@ def undecodable(paths: Sequence[str]) -> List[int]:
     hide_gpus_from_tf()
 
     def decode(i, path):
-        return i, tf.shape(T.decode_image(tf.io.read_file(path)))  # the shape keeps the decode
+        return i, tf.shape(T.decode_image(tf.io.read_file(path), tf.uint8))  # the shape keeps the decode
 
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), [str(p) for p in paths]))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
