@@ -30,6 +30,16 @@ def host_description() -> str:
     return f"{datetime.date.today()}, {model}, {os.cpu_count()} CPUs"
 
 
+def code_version() -> str:
+    """Short commit of this checkout, with ``+changes`` when the work tree differs from it."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def append_row(path: str, title: str, columns: Sequence[str], row: Sequence[str]) -> None:
     """Add ``row`` to the last table of ``path``; when that table has other columns (or there is
     none) a new table headed by ``title`` is started below what the file holds."""

@@ -33,7 +33,7 @@ from deim_jax.tools import official
 
 _CONFIG = cli.define_config_flag()
 _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to measure, each in a fresh pinned process.")
-_BATCHES = flags.DEFINE_integer("batches", 8, "Timed batches per pipeline (after one warm-up batch).")
+_BATCHES = flags.DEFINE_integer("batches", 16, "Timed batches per pipeline (after one warm-up batch).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
 _OFFICIAL = flags.DEFINE_string("official", None, "Official DEIM source tree: time its DataLoader too.")
 _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
@@ -143,7 +143,7 @@ def main(argv):
     root = tempfile.mkdtemp()
     # enough images that the timed batches stay within one epoch
     imgs, ann = make_set(root, (_BATCHES.value + 2) * _BATCH.value)
-    columns = ["date, machine", "pipeline (640x480 JPEGs -> 640x640)", "cores", "deim_jax img/s"]
+    columns = ["date, machine", "code", "pipeline (640x480 JPEGs -> 640x640)", "cores", "deim_jax img/s"]
     columns += ["official img/s", "deim_jax / official"] if _OFFICIAL.value else []
     passthrough = [a for a in sys.argv[1:] if not a.startswith("--cores")]
     for n in cores:
@@ -153,7 +153,7 @@ def main(argv):
         with open(out) as f:
             rows = json.load(f)
         for name, ours in rows["deim_jax"].items():
-            row = [bench_common.host_description(), name, str(n),
+            row = [bench_common.host_description(), bench_common.code_version(), name, str(n),
                    f"{ours:.1f}"]
             if _OFFICIAL.value:
                 theirs = rows["official"].get(name)

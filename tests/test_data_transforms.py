@@ -281,3 +281,21 @@ def test_fast_forms_equal_the_tensorflow_ops():
             images=tf.constant(x)[None], transforms=tr[None], output_shape=[h, w], fill_value=0.0,
             interpolation="NEAREST", fill_mode="CONSTANT")[0]
         np.testing.assert_array_equal(T._nearest_affine(tf.constant(x), lin, off, 0.0).numpy(), ref.numpy())
+
+
+def test_zoom_out_iou_crop_equals_the_two_ops():
+    """The fused form builds only the crop window, with the same draws and the same output."""
+    rng = np.random.default_rng(1)
+    for k in range(24):
+        h, w = rng.integers(20, 120, 2)
+        img = tf.constant(rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+        xy = rng.uniform(0, [w - 8, h - 8], (5, 2))
+        boxes = tf.constant(np.concatenate([xy, xy + rng.uniform(4, 8, (5, 2))], 1), tf.float32)
+        labels = tf.range(5, dtype=tf.int32)
+        zs, cs = tf.constant([k, 4], tf.int64), tf.constant([k, 5], tf.int64)
+        ref = T.iou_crop(*T.zoom_out(img, boxes, zs), labels, cs)
+        ours = T.zoom_out_iou_crop(img, boxes, labels, zs, cs)
+        for a, b in zip(ours, ref):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    window = T._canvas_window(tf.ones([4, 4, 3], tf.uint8), 10, 10, 0, 0, 5, 5, 0)  # beside the image
+    assert window.shape == (5, 5, 3) and int(tf.reduce_sum(tf.cast(window, tf.int32))) == 0

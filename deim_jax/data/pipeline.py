@@ -126,11 +126,9 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
         img, boxes, labels = tf.cond(with_mosaic, do_mosaic, lambda: (img, boxes, labels))
         img = tf.cond(in_policy, lambda: T.photometric_distort(img, s[3]), lambda: img)
 
-        def zoom_crop():
-            im, bx = T.zoom_out(img, boxes, s[4])
-            return T.iou_crop(im, bx, labels, s[5])
-
-        img, boxes, labels = tf.cond(in_policy & ~with_mosaic, zoom_crop, lambda: (img, boxes, labels))
+        img, boxes, labels = tf.cond(in_policy & ~with_mosaic,
+                                     lambda: T.zoom_out_iou_crop(img, boxes, labels, s[4], s[5]),
+                                     lambda: (img, boxes, labels))
         h, w = T.image_hw(img)
         boxes, labels = T.sanitize(boxes, labels, h, w)
         img, boxes = T.hflip(img, boxes, s[6])

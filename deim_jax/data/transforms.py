@@ -161,28 +161,52 @@ def photometric_distort(img, seed, p: float = 0.5, brightness=(0.875, 1.125),
     img = tf.cond(on[2], lambda: adjust_saturation(img, fs), lambda: img)
     img = tf.cond(on[3], lambda: adjust_hue(img, fh), lambda: img)
     img = tf.cond(on[1] & ~contrast_before, lambda: adjust_contrast(img, fc), lambda: img)
-    img = tf.cond(permute, lambda: tf.gather(img, perm, axis=-1), lambda: img)
-    return tf.cast(img, dtype)
+    img = tf.cast(img, dtype)
+    return tf.cond(permute, lambda: tf.gather(img, perm, axis=-1), lambda: img)
+
+
+def _zoom_out_placement(h, w, seed, p, side_range):
+    """RandomZoomOut's draws for an h x w image: (canvas h, canvas w, top, left); the canvas is
+    the image itself (offset 0) when the op does not fire."""
+    s = split_seed(seed, 3)
+    r = tf.where(uniform(s[0]) < p, uniform(s[1], (), *side_range), 1.0)
+    cw = tf.cast(tf.floor(tf.cast(w, _f32) * r), tf.int32)
+    ch = tf.cast(tf.floor(tf.cast(h, _f32) * r), tf.int32)
+    u = uniform(s[2], (2,))
+    left = tf.cast(tf.floor(tf.cast(cw - w, _f32) * u[0]), tf.int32)
+    top = tf.cast(tf.floor(tf.cast(ch - h, _f32) * u[1]), tf.int32)
+    return ch, cw, top, left
+
+
+def _canvas_window(img, top, left, y0, x0, y1, x1, fill):
+    """Rows y0:y1, columns x0:x1 of a ``fill`` canvas holding ``img`` at (top, left)."""
+    h, w = image_hw(img)
+    a0, b0 = tf.clip_by_value(y0 - top, 0, h), tf.clip_by_value(x0 - left, 0, w)
+    a1, b1 = tf.clip_by_value(y1 - top, a0, h), tf.clip_by_value(x1 - left, b0, w)
+    part = img[a0:a1, b0:b1]
+    pt = tf.clip_by_value(a0 + top - y0, 0, y1 - y0)  # clipped: a window beside the image is all fill
+    pl = tf.clip_by_value(b0 + left - x0, 0, x1 - x0)
+    return tf.pad(part, [[pt, y1 - y0 - pt - (a1 - a0)], [pl, x1 - x0 - pl - (b1 - b0)], [0, 0]],
+                  constant_values=tf.cast(fill, img.dtype))
 
 
 def zoom_out(img, boxes, seed, p: float = 0.5, side_range=(1.0, 4.0), fill: float = 0.0):
     """RandomZoomOut: canvas int(W r) x int(H r), r ~ U(side_range), image at a random offset."""
-    s = split_seed(seed, 3)
-    h, w = image_hw(img)
+    ch, cw, top, left = _zoom_out_placement(*image_hw(img), seed, p, side_range)
+    off = tf.cast(tf.stack([left, top, left, top]), _f32)
+    return _canvas_window(img, top, left, 0, 0, ch, cw, fill), boxes + off
 
-    def apply():
-        r = uniform(s[1], (), *side_range)
-        cw = tf.cast(tf.floor(tf.cast(w, _f32) * r), tf.int32)
-        ch = tf.cast(tf.floor(tf.cast(h, _f32) * r), tf.int32)
-        u = uniform(s[2], (2,))
-        left = tf.cast(tf.floor(tf.cast(cw - w, _f32) * u[0]), tf.int32)
-        top = tf.cast(tf.floor(tf.cast(ch - h, _f32) * u[1]), tf.int32)
-        out = tf.pad(img, [[top, ch - h - top], [left, cw - w - left], [0, 0]],
-                     constant_values=tf.cast(fill, img.dtype))
-        off = tf.cast(tf.stack([left, top, left, top]), _f32)
-        return out, boxes + off
 
-    return tf.cond(uniform(s[0]) < p, apply, lambda: (img, boxes))
+def zoom_out_iou_crop(img, boxes, labels, zoom_seed, crop_seed, fill: float = 0.0):
+    """``iou_crop(*zoom_out(img, boxes, zoom_seed), labels, crop_seed)``, identical output, without
+    building the zoomed-out canvas (up to 4x4 times the image): only the crop window is made."""
+    ch, cw, top, left = _zoom_out_placement(*image_hw(img), zoom_seed, 0.5, (1.0, 4.0))
+    boxes = boxes + tf.cast(tf.stack([left, top, left, top]), _f32)
+    use, crop, keep = _iou_crop_choice(ch, cw, boxes, crop_seed)
+    window = tf.where(use, tf.cast(crop, tf.int32), tf.stack([0, 0, cw, ch]))
+    out = _canvas_window(img, top, left, window[1], window[0], window[3], window[2], fill)
+    boxes, labels = tf.cond(use, lambda: _crop_boxes(boxes, labels, crop, keep), lambda: (boxes, labels))
+    return out, boxes, labels
 
 
 def box_iou_one(boxes, crops):
@@ -204,8 +228,30 @@ def iou_crop(img, boxes, labels, seed, p: float = 0.8, min_scale=0.3, max_scale=
     to ``rounds`` draws of ``trials`` candidates each, evaluated at once; the first accepted
     candidate in (round, trial) order wins, an option 1.0 or no accepted candidate keeps the
     image. Boxes whose centre is outside the crop are removed; the others are clipped."""
-    s = split_seed(seed, 5)
     h, w = image_hw(img)
+    use, crop, keep = _iou_crop_choice(h, w, boxes, seed, p, min_scale, max_scale, min_aspect, max_aspect,
+                                       options, trials, rounds)
+
+    def apply():
+        l, tp, rr, bb = [tf.cast(v, tf.int32) for v in tf.unstack(crop)]
+        return (img[tp:bb, l:rr, :], *_crop_boxes(boxes, labels, crop, keep))
+
+    return tf.cond(use, apply, lambda: (img, boxes, labels))
+
+
+def _crop_boxes(boxes, labels, crop, keep):
+    """Boxes (and labels) kept by an IoU crop, shifted into the crop [x0, y0, x1, y1] and clipped."""
+    b = tf.boolean_mask(boxes, keep) - tf.stack([crop[0], crop[1], crop[0], crop[1]])
+    cw, chh = crop[2] - crop[0], crop[3] - crop[1]
+    b = tf.minimum(tf.maximum(b, 0.0), tf.stack([cw, chh, cw, chh]))
+    return b, tf.boolean_mask(labels, keep)
+
+
+def _iou_crop_choice(h, w, boxes, seed, p: float = 0.8, min_scale=0.3, max_scale=1.0, min_aspect=0.5,
+                     max_aspect=2.0, options: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
+                     trials: int = 40, rounds: int = 8):
+    """RandomIoUCrop's draws on an h x w canvas: (crop or not, crop xyxy [4] float, kept boxes [N] bool)."""
+    s = split_seed(seed, 5)
     fh, fw = tf.cast(h, _f32), tf.cast(w, _f32)
     opts = tf.constant(options, _f32)
     opt = tf.gather(opts, tf.random.stateless_uniform([rounds], s[1], 0, len(options), tf.int32))
@@ -233,18 +279,7 @@ def iou_crop(img, boxes, labels, seed, p: float = 0.8, min_scale=0.3, max_scale=
     use = tf.reduce_any(row_done) & (tf.gather(opt, first_row) < 1.0) & (uniform(s[0]) < p)
     t = tf.argmax(tf.cast(ok[first_row], tf.int32), output_type=tf.int32)
     k = first_row * trials + t
-    crop = tf.gather(crops, k)
-    keep = tf.gather(within, k)
-
-    def apply():
-        l, tp, rr, bb = [tf.cast(v, tf.int32) for v in tf.unstack(crop)]
-        out = img[tp:bb, l:rr, :]
-        b = tf.boolean_mask(boxes, keep) - tf.stack([crop[0], crop[1], crop[0], crop[1]])
-        cw, chh = crop[2] - crop[0], crop[3] - crop[1]
-        b = tf.minimum(tf.maximum(b, 0.0), tf.stack([cw, chh, cw, chh]))
-        return out, b, tf.boolean_mask(labels, keep)
-
-    return tf.cond(use, apply, lambda: (img, boxes, labels))
+    return use, tf.gather(crops, k), tf.gather(within, k)
 
 
 def affine_matrix(angle_deg, tx, ty, scale, w, h):
