@@ -31,13 +31,13 @@ def host_description() -> str:
 
 
 def code_version() -> str:
-    """Short commit of this checkout, with ``+changes`` when the work tree differs from it."""
+    """Short commit of this checkout, with ``+changes`` when tracked files (results aside) differ from it."""
     import subprocess
 
     def git(*args):
         return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results") else "")
 
 
 def append_row(path: str, title: str, columns: Sequence[str], row: Sequence[str]) -> None:

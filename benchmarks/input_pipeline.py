@@ -1,7 +1,7 @@
 """Images/s of the Dense O2O input pipeline per phase and core count, side by side with the official
 DataLoader on the same JPEGs.
 
-``python benchmarks/input_pipeline.py [--cores=1,2] [--batches=8] [--batch=8]
+``python benchmarks/input_pipeline.py [--cores=1,2] [--batches=16] [--batch=8]
     [--official=DIR --official_python=PY]``
 
 Writes a COCO-format set of COCO-sized JPEGs (640x480, demo shapes upscaled) to a temp folder and,
@@ -12,7 +12,7 @@ photometric, zoom-out, IoU crop, flip, resize, MixUp, multi-scale), no-Mosaic (e
 and no-aug. deim_jax runs with TensorFlow's thread pools and ``num_parallel_calls`` set to c; the
 official DataLoader (``deim_jax/tools/official_pipeline.py``, same YAML recipe, same files, same
 cores) runs in the main process with one torch thread for c = 1 and with c worker processes
-otherwise. Appends the rows to ``benchmarks/results/input_pipeline_cpu.md``.
+otherwise. Appends the rows to ``--results`` (``benchmarks/results/input_pipeline_cpu.md``).
 """
 
 import json
@@ -38,10 +38,11 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
 _OFFICIAL = flags.DEFINE_string("official", None, "Official DEIM source tree: time its DataLoader too.")
 _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
                                        "official tree's requirements (experiments/official_ab/setup_official.sh).")
+_RESULTS = flags.DEFINE_string("results", os.path.join(bench_common.REPO, "benchmarks", "results",
+                                                    "input_pipeline_cpu.md"), "Markdown file the rows are appended to.")
 _SET = flags.DEFINE_string("set", None, "(internal) an existing set written by a parent run: images:annotations")
 _OUT = flags.DEFINE_string("out", None, "(internal) write this process's rows as JSON here")
 
-RESULTS = os.path.join(bench_common.REPO, "benchmarks", "results", "input_pipeline_cpu.md")
 PHASES = (("Mosaic phase", 10), ("no-Mosaic phase", 35), ("no-aug phase", 0))  # epochs of the L policy [4, 29, 50]
 
 
@@ -158,7 +159,7 @@ def main(argv):
             if _OFFICIAL.value:
                 theirs = rows["official"].get(name)
                 row += [f"{theirs:.1f}", f"{ours / theirs:.2f}x"] if theirs else ["", ""]
-            bench_common.append_row(RESULTS, f"Input pipeline, config {c.name}, batch {_BATCH.value}, "
+            bench_common.append_row(_RESULTS.value, f"Input pipeline, config {c.name}, batch {_BATCH.value}, "
                                     f"{_BATCHES.value} timed batches, same JPEGs and cores for both", columns, row)
 
 
