@@ -197,10 +197,11 @@ def zoom_out(img, boxes, seed, p: float = 0.5, side_range=(1.0, 4.0), fill: floa
     return _canvas_window(img, top, left, 0, 0, ch, cw, fill), boxes + off
 
 
-def zoom_out_iou_crop(img, boxes, labels, zoom_seed, crop_seed, fill: float = 0.0):
+def zoom_out_iou_crop(img, boxes, labels, zoom_seed, crop_seed, p: float = 0.5, side_range=(1.0, 4.0),
+                      fill: float = 0.0):
     """``iou_crop(*zoom_out(img, boxes, zoom_seed), labels, crop_seed)``, identical output, without
     building the zoomed-out canvas (up to 4x4 times the image): only the crop window is made."""
-    ch, cw, top, left = _zoom_out_placement(*image_hw(img), zoom_seed, 0.5, (1.0, 4.0))
+    ch, cw, top, left = _zoom_out_placement(*image_hw(img), zoom_seed, p, side_range)
     boxes = boxes + tf.cast(tf.stack([left, top, left, top]), _f32)
     use, crop, keep = _iou_crop_choice(ch, cw, boxes, crop_seed)
     window = tf.where(use, tf.cast(crop, tf.int32), tf.stack([0, 0, cw, ch]))
