@@ -1,9 +1,10 @@
 """What the standalone official scripts (``official_forward.py``, ``official_train_step.py``,
 ``official_pipeline.py``, and ``experiments/official_ab/official_trainer.py``) share; they import it
 from its folder, with neither jax nor deim_jax: loading the official config and model with given
-weights, the torchvision ``adjust_hue`` fix for numpy 2, and placeholder modules for what the official tree imports at load time but a timing run
-never uses (``calflops`` for its FLOPs printout, ``faster_coco_eval`` for COCO evaluation), so that
-the scripts also run where those are not installed (the accelerator image)."""
+weights, the torchvision ``adjust_hue`` fix for numpy 2, and placeholder modules for what the
+official tree imports at load time but a timing run never uses (``calflops`` for its FLOPs
+printout, ``faster_coco_eval`` for COCO evaluation), so that the scripts also run where those are
+not installed (the accelerator image)."""
 
 import importlib.abc
 import importlib.machinery
