@@ -134,11 +134,14 @@ def child(c, cores):
 def main(argv):
     del argv
     c = cli.require_config(_CONFIG)
+    given = ",".join(_CORES.value)
+    if not _CORES.value or not all(x.isdigit() and int(x) > 0 for x in _CORES.value):
+        raise UserError(f"--cores={given}: expected positive core counts, e.g. --cores=1,2")
     cores = [int(x) for x in _CORES.value]
     if _OUT.value:
         return child(c, cores[0])
     if max(cores) > len(os.sched_getaffinity(0)):
-        raise UserError(f"--cores={_CORES.value}: this process may use {len(os.sched_getaffinity(0))} cores")
+        raise UserError(f"--cores={given}: this process may use {len(os.sched_getaffinity(0))} cores")
     if _OFFICIAL.value:
         official.check(_OFFICIAL.value, c.name)
     root = tempfile.mkdtemp()
