@@ -33,8 +33,8 @@ _OUT = flags.DEFINE_string("out", None, "(internal) write this process's per-siz
 def sizes_of(cfg):
     if _SIZES.value:  # no TensorFlow needed (the accelerator image has none)
         return [int(s) for s in _SIZES.value]
-    from deim_jax.data import transforms as T
-    return sorted(set(T.multiscale_scales(int(cfg.data.image_size), cfg.data.base_size_repeat)))
+    from deim_jax.data import batch_ops
+    return sorted(set(batch_ops.multiscale_scales(int(cfg.data.image_size), cfg.data.base_size_repeat)))
 
 
 def child(cfg):

@@ -53,7 +53,8 @@ import numpy as np
 import tensorflow as tf
 
 from deim_jax.data import coco as coco_lib
-from deim_jax.data import epoch_policy
+from deim_jax.data import batch_ops, epoch_policy
+from deim_jax.data import photometric
 from deim_jax.data import transforms as T
 from deim_jax.data.sources import hide_gpus_from_tf, load_split
 from deim_jax.errors import ConfigError, DataError
@@ -124,7 +125,8 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
                             s[2], size=pc["mosaic_size"])
 
         img, boxes, labels = tf.cond(with_mosaic, do_mosaic, lambda: (img, boxes, labels))
-        img = tf.cond(in_policy, lambda: T.photometric_distort(img, s[3]), lambda: img)
+        img = tf.cast(img, tf.float32)   # uint8 through the gathers and pads, float from the first arithmetic
+        img = tf.cond(in_policy, lambda: photometric.photometric_distort(img, s[3]), lambda: img)
 
         img, boxes, labels = tf.cond(in_policy & ~with_mosaic,
                                      lambda: T.zoom_out_iou_crop(img, boxes, labels, s[4], s[5]),
@@ -135,7 +137,7 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
         img, boxes = T.resize(img, boxes, size, size)
         boxes, labels = T.sanitize(boxes, labels, size, size)
         b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, pc["max_boxes"])
-        img = tf.cast(img, tf.float32) / 255.0
+        img = img / 255.0
         img.set_shape([size, size, 3])
         return {"image": img, "boxes": b, "labels": l, "mask": m,
                 "num_dropped_boxes": tf.cast(dropped, tf.int32),
@@ -145,7 +147,7 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
 
 
 def _scales(pc):
-    scales = T.multiscale_scales(pc["image_size"], pc["base_size_repeat"])
+    scales = batch_ops.multiscale_scales(pc["image_size"], pc["base_size_repeat"])
     buckets = pc["multiscale_buckets"]
     if buckets:
         buckets = np.asarray(sorted(buckets))
@@ -164,12 +166,12 @@ def train_batch_fn(pc: dict, seed: int, process_index: int = 0):
             tf.random.experimental.stateless_fold_in(
                 tf.constant([seed, 2 * process_index + 1], tf.int64), epoch), first)
         s = T.split_seed(s, 2)
-        batch = T.mixup(batch, s[0], pc["mixup_prob"], epoch_policy.within(windows["mixup"], epoch))
+        batch = batch_ops.mixup(batch, s[0], pc["mixup_prob"], epoch_policy.within(windows["mixup"], epoch))
         if multiscale:
             k = tf.random.stateless_uniform([], s[1], 0, tf.shape(scales)[0], tf.int32)
             sz = tf.where(epoch_policy.within(windows["multiscale"], epoch), scales[k], pc["image_size"])
             batch["image"] = tf.cond(sz == pc["image_size"], lambda: batch["image"],
-                                     lambda: T.nearest_resize_batch(batch["image"], sz))
+                                     lambda: batch_ops.nearest_resize_batch(batch["image"], sz))
         return batch
 
     return fn
@@ -337,11 +339,11 @@ def build_eval_dataset(d, process_index: int = 0, process_count: int = 1, record
             lambda im, b, l, ok: (i, im, b, l, ok))
 
     def finish(i, img, boxes, labels, ok):
-        img, boxes = T.resize(img, boxes, size, size)
+        img, boxes = T.resize(tf.cast(img, tf.float32), boxes, size, size)
         boxes, labels = T.sanitize(boxes, labels, size, size)
         b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, max_boxes)
         j = tf.maximum(i, 0)
-        img = tf.cast(img, tf.float32) / 255.0
+        img = img / 255.0
         img.set_shape([size, size, 3])
         return {"image": img, "boxes": b, "labels": l, "mask": m,
                 "num_dropped_boxes": tf.cast(dropped, tf.int32),

@@ -7,10 +7,10 @@ the dtype it was given (the pipeline keeps uint8 until the final /255), ``boxes`
 pixel **xyxy**, ``labels`` int32 [N]. Randomness is stateless: every op takes a ``seed``
 (int32/int64 [2] tensor) so the same seed gives the same output on any machine or thread.
 
-Official op order (§8.2): Mosaic -> RandomPhotometricDistort -> RandomZoomOut ->
-RandomIoUCrop(p=0.8) -> SanitizeBoundingBoxes -> RandomHorizontalFlip -> Resize(640x640) ->
-SanitizeBoundingBoxes -> /255 -> normalized cxcywh. Batch ops: ``mixup`` and
-``multiscale_resize`` (§8.5).
+Official op order (§8.2): Mosaic -> RandomPhotometricDistort (``photometric.py``) ->
+RandomZoomOut -> RandomIoUCrop(p=0.8) -> SanitizeBoundingBoxes -> RandomHorizontalFlip ->
+Resize(640x640) -> SanitizeBoundingBoxes -> /255 -> normalized cxcywh. Batch ops (MixUp,
+multi-scale, §8.5) are in ``batch_ops.py``.
 
 Resize: the official resize is PIL bilinear with antialias; we use
 ``tf.image.resize(method='bilinear', antialias=True)`` and round to uint8, computed as two 1-D
@@ -18,10 +18,6 @@ passes (``_resize_rows``, bit-identical to the 2-D op and 2-3x faster on CPU). M
 PIL ``Image.resize(BILINEAR)`` on demo images and 640x480 JPEGs, up- and downscaling to
 320/640/1000: max |diff| = 1 grey level (rounding), mean 0.0003..0.15 levels
 (tests/test_data_transforms.py::test_resize_close_to_pil asserts max <= 1, mean < 0.3).
-
-Photometric ops: brightness / contrast / saturation reproduce PIL ImageEnhance (blend,
-clip, truncate to uint8): max |diff| 1 level on < 8% of pixels. Hue uses continuous HSV
-(``tf.image.adjust_hue``) where PIL round-trips through 8-bit HSV: mean ~1.2, max ~9 levels.
 """
 
 from __future__ import annotations
@@ -41,11 +37,6 @@ def split_seed(seed, n: int):
 
 def uniform(seed, shape=(), lo=0.0, hi=1.0):
     return tf.random.stateless_uniform(shape, seed=seed, minval=lo, maxval=hi, dtype=_f32)
-
-
-def quantize(img):
-    """Round and clip to the uint8 range (what a PIL op returns)."""
-    return tf.clip_by_value(tf.round(img), 0.0, 255.0)
 
 
 def quantize_trunc(img):
@@ -80,7 +71,7 @@ def resize(img, boxes, h, w):
     out = tf.cast(img, _f32)
     out = tf.cond(h == ih, lambda: out, lambda: _resize_rows(out, h))
     out = tf.cond(w == iw, lambda: out, lambda: tf.transpose(_resize_rows(tf.transpose(out, [1, 0, 2]), w), [1, 0, 2]))
-    out = tf.cast(quantize(out), img.dtype)
+    out = tf.cast(tf.round(out), img.dtype)   # no clip: each output is a convex combination of inputs
     sx = tf.cast(w, _f32) / tf.cast(iw, _f32)
     sy = tf.cast(h, _f32) / tf.cast(ih, _f32)
     return out, boxes * tf.stack([sx, sy, sx, sy])
@@ -113,56 +104,6 @@ def hflip(img, boxes, seed, p: float = 0.5):
     img = tf.cond(do, lambda: tf.reverse(img, [1]), lambda: img)
     flipped = tf.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
     return img, tf.where(do, flipped, boxes)
-
-
-def _gray(img):
-    # PIL "L" conversion: L = R*299/1000 + G*587/1000 + B*114/1000
-    return tf.linalg.matvec(img, tf.constant([0.299, 0.587, 0.114], _f32))[..., None]
-
-
-def adjust_brightness(img, f):
-    """PIL ImageEnhance.Brightness: blend with black."""
-    return quantize_trunc(img * f)
-
-
-def adjust_contrast(img, f):
-    """PIL ImageEnhance.Contrast: blend with the rounded mean of the (8-bit, rounded) grey image."""
-    mean = tf.round(tf.reduce_mean(tf.round(_gray(img))))
-    return quantize_trunc(f * img + (1.0 - f) * mean)
-
-
-def adjust_saturation(img, f):
-    """PIL ImageEnhance.Color: blend with the grey image."""
-    return quantize_trunc(f * img + (1.0 - f) * tf.round(_gray(img)))
-
-
-def adjust_hue(img, delta):
-    """Hue shift by delta (fraction of a turn); continuous HSV (PIL quantizes H, S, V to 8 bits)."""
-    return quantize(tf.image.adjust_hue(img / 255.0, delta) * 255.0)
-
-
-def photometric_distort(img, seed, p: float = 0.5, brightness=(0.875, 1.125),
-                        contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05)):
-    """RandomPhotometricDistort: each jitter with prob p, contrast before/after saturation+hue
-    with prob 0.5, random channel permutation with prob p."""
-    s = split_seed(seed, 11)
-    on = [uniform(s[i]) < p for i in range(4)]
-    fb = uniform(s[4], (), *brightness)
-    fc = uniform(s[5], (), *contrast)
-    fs = uniform(s[6], (), *saturation)
-    fh = uniform(s[7], (), *hue)
-    contrast_before = uniform(s[8]) < 0.5
-    permute = uniform(s[9]) < p
-    perm = tf.argsort(uniform(s[10], (3,)))
-
-    dtype, img = img.dtype, tf.cast(img, _f32)
-    img = tf.where(on[0], adjust_brightness(img, fb), img)
-    img = tf.cond(on[1] & contrast_before, lambda: adjust_contrast(img, fc), lambda: img)
-    img = tf.cond(on[2], lambda: adjust_saturation(img, fs), lambda: img)
-    img = tf.cond(on[3], lambda: adjust_hue(img, fh), lambda: img)
-    img = tf.cond(on[1] & ~contrast_before, lambda: adjust_contrast(img, fc), lambda: img)
-    img = tf.cast(img, dtype)
-    return tf.cond(permute, lambda: tf.gather(img, perm, axis=-1), lambda: img)
 
 
 def _zoom_out_placement(h, w, seed, p, side_range):
@@ -294,19 +235,20 @@ def affine_matrix(angle_deg, tx, ty, scale, w, h):
 
 def _nearest_affine(img, lin, off, fill):
     """out[y, x] = img[round(lin @ (x, y) + off)] (half away from zero), ``fill`` outside: the
-    arithmetic of TensorFlow's ImageProjectiveTransform (NEAREST, CONSTANT) as one gather."""
+    arithmetic of TensorFlow's ImageProjectiveTransform (NEAREST, CONSTANT) as one gather.
+    With t = v + 0.5, round(v) is inside [0, n) exactly when 0 < t < n, and is then trunc(t)."""
     h, w = image_hw(img)
     xs = tf.cast(tf.range(w), _f32)[None, :]
     ys = tf.cast(tf.range(h), _f32)[:, None]
 
-    def nearest(v):
-        return tf.cast(tf.sign(v) * tf.floor(tf.abs(v) + 0.5), tf.int32)
+    def shifted(row):           # v + 0.5 on the [h, w] grid, v summed in the kernel's order
+        return (lin[row, 0] * xs + lin[row, 1] * ys) + off[row] + 0.5
 
-    ix = nearest(lin[0, 0] * xs + lin[0, 1] * ys + off[0])
-    iy = nearest(lin[1, 0] * xs + lin[1, 1] * ys + off[1])
-    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    tx, ty = shifted(0), shifted(1)
+    inside = (tx > 0) & (tx < tf.cast(w, _f32)) & (ty > 0) & (ty < tf.cast(h, _f32))
     flat = tf.concat([tf.reshape(img, [-1, 3]), tf.fill([1, 3], tf.cast(fill, img.dtype))], 0)
-    return tf.gather(flat, tf.where(inside, iy * w + ix, h * w))
+    index = tf.cast(ty, tf.int32) * w + tf.cast(tx, tf.int32)
+    return tf.gather(flat, tf.where(inside, index, h * w))
 
 
 def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0.5, 1.5),
@@ -371,61 +313,3 @@ def to_padded_cxcywh(boxes, labels, h, w, max_boxes: int):
     b.set_shape([max_boxes, 4])
     l.set_shape([max_boxes])
     return b, l, m, n - keep
-
-
-def mixup(batch, seed, prob: float = 0.5, active=True):
-    """Batch MixUp: with prob, image i <- beta img[i] + (1-beta) img[i-1] (cyclic), beta =
-    round(U(0.45, 0.55), 6); example i keeps its boxes followed by those of i-1, truncated to
-    max_boxes (overflow added to ``num_dropped_boxes``)."""
-    s = split_seed(seed, 2)
-    do = tf.logical_and(tf.convert_to_tensor(active), uniform(s[0]) < prob)
-
-    def apply():
-        beta = tf.round(uniform(s[1], (), 0.45, 0.55) * 1e6) / 1e6
-        out = dict(batch)
-        img = batch["image"]
-        out["image"] = beta * img + (1.0 - beta) * tf.roll(img, 1, axis=0)
-        mb = batch["mask"].shape[1]
-        boxes = tf.concat([batch["boxes"], tf.roll(batch["boxes"], 1, 0)], 1)
-        labels = tf.concat([batch["labels"], tf.roll(batch["labels"], 1, 0)], 1)
-        mask = tf.concat([batch["mask"], tf.roll(batch["mask"], 1, 0)], 1)
-        order = tf.argsort(tf.cast(~mask, tf.int32), axis=1, stable=True)
-        boxes = tf.gather(boxes, order, batch_dims=1)
-        labels = tf.gather(labels, order, batch_dims=1)
-        mask = tf.gather(mask, order, batch_dims=1)
-        out["boxes"], out["labels"], out["mask"] = boxes[:, :mb], labels[:, :mb], mask[:, :mb]
-        out["num_dropped_boxes"] = batch["num_dropped_boxes"] + tf.reduce_sum(
-            tf.cast(mask[:, mb:], tf.int32), axis=1)
-        out["boxes"] = tf.where(out["mask"][..., None], out["boxes"], 0.0)
-        out["labels"] = tf.where(out["mask"], out["labels"], 0)
-        out["mixup"] = tf.fill(tf.shape(mask)[:1], True)
-        return out
-
-    def skip():
-        out = dict(batch)
-        out["mixup"] = tf.fill(tf.shape(batch["mask"])[:1], False)
-        return out
-
-    return tf.cond(do, apply, skip)
-
-
-def multiscale_scales(base_size: int = 640, base_size_repeat=None):
-    """Official ``scales`` list (duplicates kept: they set the probabilities). Bases below 320
-    (demo runs) use the same relative range rounded to multiples of 8."""
-    if base_size_repeat is None:
-        return [base_size]
-    if base_size >= 320:     # official formula (exact for 640: 480..608, 800..672)
-        lo = [int(base_size * 0.75 / 32) * 32 + i * 32 for i in range(5)]
-        hi = [int(base_size * 1.25 / 32) * 32 - i * 32 for i in range(5)]
-    else:                    # small demo sizes: same relative range, multiples of 8
-        lo = [int(round(base_size * (0.75 + 0.05 * i) / 8)) * 8 for i in range(5)]
-        hi = [int(round(base_size * (1.25 - 0.05 * i) / 8)) * 8 for i in range(5)]
-    return lo + [base_size] * int(base_size_repeat) + hi
-
-
-def nearest_resize_batch(images, size):
-    """PyTorch legacy 'nearest' F.interpolate on a batch [B,H,W,C] -> [B,size,size,C]."""
-    h, w = tf.shape(images)[1], tf.shape(images)[2]
-    iy = tf.cast(tf.floor(tf.cast(tf.range(size), _f32) * tf.cast(h, _f32) / tf.cast(size, _f32)), tf.int32)
-    ix = tf.cast(tf.floor(tf.cast(tf.range(size), _f32) * tf.cast(w, _f32) / tf.cast(size, _f32)), tf.int32)
-    return tf.gather(tf.gather(images, tf.minimum(iy, h - 1), axis=1), tf.minimum(ix, w - 1), axis=2)
