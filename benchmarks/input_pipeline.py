@@ -1,7 +1,7 @@
 """Images/s of the Dense O2O input pipeline per phase and core count, side by side with the official
 DataLoader on the same JPEGs.
 
-``python benchmarks/input_pipeline.py [--cores=1,2] [--batches=16] [--batch=8]
+``python benchmarks/input_pipeline.py [--cores=1,2] [--batches=16] [--batch=8] [--rounds=3]
     [--official=DIR --official_python=PY]``
 
 Writes a COCO-format set of COCO-sized JPEGs (640x480, demo shapes upscaled) to a temp folder and,
@@ -12,7 +12,9 @@ photometric, zoom-out, IoU crop, flip, resize, MixUp, multi-scale), no-Mosaic (e
 and no-aug. deim_jax runs with TensorFlow's thread pools and ``num_parallel_calls`` set to c; the
 official DataLoader (``deim_jax/tools/official_pipeline.py``, same YAML recipe, same files, same
 cores) runs in the main process with one torch thread for c = 1 and with c worker processes
-otherwise. Appends the rows to ``--results`` (``benchmarks/results/input_pipeline_cpu.md``).
+otherwise. The two alternate for ``--rounds`` rounds (this machine's speed drifts by tens of
+percent within minutes); each row gives the median rates and the median of the rounds' ratios.
+Appends the rows to ``--results`` (``benchmarks/results/input_pipeline_cpu.md``).
 """
 
 import json
@@ -35,6 +37,7 @@ _CONFIG = cli.define_config_flag()
 _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to measure, each in a fresh pinned process.")
 _BATCHES = flags.DEFINE_integer("batches", 16, "Timed batches per pipeline (after one warm-up batch).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds of deim_jax then official (medians are reported).")
 _OFFICIAL = flags.DEFINE_string("official", None, "Official DEIM source tree: time its DataLoader too.")
 _OFFICIAL_PYTHON = flags.DEFINE_string("official_python", sys.executable, "Python with torch, torchvision and the "
                                        "official tree's requirements (experiments/official_ab/setup_official.sh).")
@@ -124,11 +127,13 @@ def child(c, cores):
     """Measure in this process, pinned to ``cores`` cores; write the rows to ``--out``."""
     os.sched_setaffinity(0, range(cores))
     imgs, ann = _SET.value.split(":")
-    rows = {"deim_jax": measure_ours(c, imgs, ann, cores)}
-    if _OFFICIAL.value:
-        rows["official"] = measure_official(c.name, imgs, ann, cores)
+    rounds = []
+    for _ in range(_ROUNDS.value):
+        rounds.append({"deim_jax": measure_ours(c, imgs, ann, cores)})
+        if _OFFICIAL.value:
+            rounds[-1]["official"] = measure_official(c.name, imgs, ann, cores)
     with open(_OUT.value, "w") as f:
-        json.dump(rows, f)
+        json.dump(rounds, f)
 
 
 def main(argv):
@@ -137,6 +142,8 @@ def main(argv):
     given = ",".join(_CORES.value)
     if not _CORES.value or not all(x.isdigit() and int(x) > 0 for x in _CORES.value):
         raise UserError(f"--cores={given}: expected positive core counts, e.g. --cores=1,2")
+    if _ROUNDS.value < 1:
+        raise UserError(f"--rounds={_ROUNDS.value}: expected at least 1")
     cores = [int(x) for x in _CORES.value]
     if _OUT.value:
         return child(c, cores[0])
@@ -155,16 +162,18 @@ def main(argv):
         subprocess.run([sys.executable, __file__, *passthrough, f"--cores={n}", f"--set={imgs}:{ann}", f"--out={out}"],
                        check=True)
         with open(out) as f:
-            rows = json.load(f)
-        for name, ours in rows["deim_jax"].items():
+            rounds = json.load(f)
+        for name in rounds[0]["deim_jax"]:
+            ours = [r["deim_jax"][name] for r in rounds]
             row = [bench_common.host_description(), bench_common.code_version(), name, str(n),
-                   f"{ours:.1f}"]
+                   f"{np.median(ours):.1f}"]
+            theirs = [r["official"][name] for r in rounds if name in r.get("official", {})]
             if _OFFICIAL.value:
-                theirs = rows["official"].get(name)
-                row += [f"{theirs:.1f}", f"{ours / theirs:.2f}x"] if theirs else ["", ""]
+                ratios = [a / b for a, b in zip(ours, theirs)]
+                row += [f"{np.median(theirs):.1f}", f"{np.median(ratios):.2f}x"] if theirs else ["", ""]
             bench_common.append_row(_RESULTS.value, f"Input pipeline, config {c.name}, batch {_BATCH.value}, "
-                                    f"{_BATCHES.value} timed batches, same JPEGs and cores for both", columns, row)
-
+                                    f"{_BATCHES.value} timed batches, {_ROUNDS.value} alternating rounds "
+                                    "(medians), same JPEGs and cores for both", columns, row)
 
 if __name__ == "__main__":
     cli.run(main, default_config="dfine_l")

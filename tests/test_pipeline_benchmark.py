@@ -13,7 +13,7 @@ OFFICIAL_PYTHON = os.environ.get("DEIM_OFFICIAL_PYTHON", sys.executable)
 
 def test_input_pipeline_benchmark_rows(tmp_path):
     out = tmp_path / "pipeline.md"
-    args = ["--cores=1", "--batches=1", "--batch=2", f"--results={out}"]
+    args = ["--cores=1", "--batches=1", "--batch=2", "--rounds=2", f"--results={out}"]
     if OFFICIAL:
         args += [f"--official={OFFICIAL}", f"--official_python={OFFICIAL_PYTHON}"]
     r = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", *args], capture_output=True, text=True,

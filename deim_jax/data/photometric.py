@@ -1,39 +1,60 @@
 """RandomPhotometricDistort as TensorFlow ops on one image (deim_dfine.md §8.2).
 
 ``image`` [H, W, 3] uint8 (or float32 holding 0..255); the output has the input's dtype.
-Brightness / contrast / saturation reproduce PIL ImageEnhance (blend, clip, truncate to
-uint8): max |diff| 1 level on < 8% of pixels. Hue uses continuous HSV (``tf.image.adjust_hue``)
-where PIL round-trips through 8-bit HSV: mean ~1.2, max ~9 levels.
+Brightness / contrast / saturation compute exactly what PIL's ImageEnhance computes on 8-bit
+images (the official pipeline's ops): its 8-bit grey image, its rounded mean, and its blend
+``degenerate + f * (image - degenerate)`` in float32, clipped and truncated
+(tests/test_data_transforms.py asserts equality). Hue uses continuous HSV
+(``tf.image.adjust_hue``) where PIL round-trips through 8-bit HSV: mean ~1.2, max ~9 levels.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from deim_jax.data.transforms import quantize_trunc, split_seed, uniform
+from deim_jax.data.transforms import split_seed, uniform
 
 _f32 = tf.float32
 
 
+_L_WEIGHTS = (19595.0, 38470.0, 7471.0)
+
+
 def _gray(img):
-    # PIL "L" conversion: L = R*299/1000 + G*587/1000 + B*114/1000
-    return tf.linalg.matvec(img, tf.constant([0.299, 0.587, 0.114], _f32))[..., None]
+    """PIL's "L" conversion of integer RGB, (R*19595 + G*38470 + B*7471 + 2^15) >> 16: [H, W].
+    Every partial sum is an integer below 2^24, so float32 computes it exactly in any order."""
+    return tf.floor((tf.linalg.matvec(img, tf.constant(_L_WEIGHTS, _f32)) + 32768.0) / 65536.0)
+
+
+def _gray_rgb(img):
+    """``_gray`` repeated over the 3 channels, [H, W, 3], made by one product with the weights in
+    every column (TensorFlow runs a broadcast of [H, W, 1] 5x slower than a plain elementwise op)."""
+    weights = tf.tile(tf.constant(_L_WEIGHTS, _f32)[:, None], [1, 3])
+    return tf.reshape(tf.floor((tf.reshape(img, [-1, 3]) @ weights + 32768.0) / 65536.0), tf.shape(img))
+
+
+def _blend(degenerate, img, f):
+    """PIL ``Image.blend(degenerate, img, f)`` on 8-bit images: float32, clipped, truncated."""
+    return tf.floor(tf.clip_by_value(degenerate + f * (img - degenerate), 0.0, 255.0))
 
 
 def adjust_brightness(img, f):
     """PIL ImageEnhance.Brightness: blend with black."""
-    return quantize_trunc(img * f)
+    return _blend(0.0, img, f)
 
 
 def adjust_contrast(img, f):
-    """PIL ImageEnhance.Contrast: blend with the rounded mean of the (8-bit, rounded) grey image."""
-    mean = tf.round(tf.reduce_mean(tf.round(_gray(img))))
-    return quantize_trunc(f * img + (1.0 - f) * mean)
+    """PIL ImageEnhance.Contrast: blend with the grey image's mean rounded half up. Exact sum:
+    float32 row sums (integers below 2^24 for rows up to 65k pixels), then float64."""
+    gray = _gray(img)
+    rows = tf.cast(tf.reduce_sum(gray, axis=1), tf.float64)
+    mean = tf.reduce_sum(rows) / tf.cast(tf.size(gray), tf.float64)
+    return _blend(tf.cast(tf.floor(mean + 0.5), _f32), img, f)
 
 
 def adjust_saturation(img, f):
     """PIL ImageEnhance.Color: blend with the grey image."""
-    return quantize_trunc(f * img + (1.0 - f) * tf.round(_gray(img)))
+    return _blend(_gray_rgb(img), img, f)
 
 
 def adjust_hue(img, delta):
@@ -63,5 +84,12 @@ def photometric_distort(img, seed, p: float = 0.5, brightness=(0.875, 1.125),
     img = tf.cond(on[2], lambda: adjust_saturation(img, fs), lambda: img)
     img = tf.cond(on[3], lambda: adjust_hue(img, fh), lambda: img)
     img = tf.cond(on[1] & ~contrast_before, lambda: adjust_contrast(img, fc), lambda: img)
-    img = tf.cast(img, dtype)
-    return tf.cond(permute, lambda: tf.gather(img, perm, axis=-1), lambda: img)
+    img = tf.cond(permute, lambda: permute_channels(img, perm), lambda: img)
+    return tf.cast(img, dtype)
+
+
+def permute_channels(img, perm):
+    """``img[..., perm]`` for float32 [H, W, 3], as a product with the 0/1 permutation matrix (exact:
+    each output is one input times 1 plus zeros; 5x faster on CPU than a gather on the last axis)."""
+    flat = tf.reshape(img, [-1, 3]) @ tf.transpose(tf.one_hot(perm, 3, dtype=_f32))
+    return tf.reshape(flat, tf.shape(img))

@@ -39,11 +39,6 @@ def uniform(seed, shape=(), lo=0.0, hi=1.0):
     return tf.random.stateless_uniform(shape, seed=seed, minval=lo, maxval=hi, dtype=_f32)
 
 
-def quantize_trunc(img):
-    """Clip and truncate to uint8 values, as PIL's Image.blend (ImageEnhance) does."""
-    return tf.floor(tf.clip_by_value(img, 0.0, 255.0))
-
-
 def decode_image(data, dtype=_f32):
     """Encoded bytes -> [H, W, 3] values 0..255 of ``dtype``. Grey/RGBA/palette/16-bit/CMYK -> RGB."""
     img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
