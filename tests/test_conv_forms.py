@@ -1,6 +1,7 @@
-"""The CPU forms of ``layers.Conv`` (1x1 as a matrix product, depthwise as shifted slices) and
-``layers.max_pool`` give the same outputs and gradients as XLA's convolution and reduce-window
-(PyTorch's first-maximum gradient for ties), and a whole backbone is the same in both forms."""
+"""The CPU forms of ``layers.Conv`` (oneDNN's convolutions where they build; without them 1x1 as a
+matrix product, depthwise as shifted slices) and ``layers.max_pool`` give the same outputs and
+gradients as XLA's convolution and reduce-window (PyTorch's first-maximum gradient for ties), and
+a whole backbone is the same in both forms. Every test of the forms runs with and without oneDNN."""
 
 import flax.linen as nn
 import jax
@@ -8,14 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deim_jax.kernels import onednn
 from deim_jax.models import hgnetv2, layers
 
 
-@pytest.fixture
-def forms():
-    """Set ``layers.CPU_FORMS`` inside a test and restore the default after it."""
+@pytest.fixture(params=[False, True], ids=["xla-forms", "onednn"])
+def forms(request):
+    """Set ``layers.CPU_FORMS`` inside a test (with oneDNN's kernels on or off) and restore the
+    defaults after it."""
+    if request.param and not onednn.available():
+        pytest.skip("oneDNN's convolutions do not build here (see deim_jax.kernels.onednn)")
+    layers.NATIVE_KERNELS = request.param
     yield lambda value: setattr(layers, "CPU_FORMS", value)
-    layers.CPU_FORMS = None
+    layers.CPU_FORMS, layers.NATIVE_KERNELS = None, True
 
 
 def _apply_both(forms, module, x):
@@ -36,7 +42,9 @@ def _apply_both(forms, module, x):
     (16, 3, 1, 16, 16),  # depthwise 3x3
     (16, 5, 1, 16, 16),  # depthwise 5x5 (HGNetv2 light blocks)
     (16, 3, 2, 16, 16),  # depthwise 3x3 stride 2 (downsample, SCDown)
-    (8, 3, 2, 1, 4),     # dense: XLA's convolution in both forms
+    (8, 3, 2, 1, 4),     # dense 3x3 stride 2
+    (8, 2, 1, 1, 12),    # dense 2x2 (HGNetv2 stem), more inputs than outputs
+    (12, 3, 1, 3, 6),    # grouped
 ])
 def test_conv_forms_agree(forms, features, kernel, stride, groups, cin):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 11, 13, cin)), jnp.float32)

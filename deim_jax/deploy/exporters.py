@@ -31,6 +31,7 @@ import numpy as np
 
 from deim_jax.deploy.detector import OUTPUT_NAMES, make_detect
 from deim_jax.errors import UserError
+from deim_jax.models import layers
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 INPUT_NAMES = ("images", "orig_target_sizes")
@@ -134,7 +135,8 @@ def export(cfg, variables, fmt: str, path: str, size=None, batch: Optional[int] 
     detect = make_detect(cfg, size=size)
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    WRITERS[fmt](detect, variables, path, size, batch, input_dtype)
+    with layers.portable_ops():   # the artifact runs outside this process: no native kernels
+        WRITERS[fmt](detect, variables, path, size, batch, input_dtype)
     return path
 
 

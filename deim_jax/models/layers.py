@@ -12,12 +12,15 @@ Conventions (the converter in ``deim_jax.convert`` relies on them):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from deim_jax.kernels import onednn
 
 # PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -144,14 +147,32 @@ def use_cpu_forms() -> bool:
     return jax.default_backend() == "cpu" if CPU_FORMS is None else CPU_FORMS
 
 
+# Whether the CPU forms may call native kernels (``deim_jax.kernels``: oneDNN's dense convs)
+# where they build; ``portable_ops`` turns them off while tracing what runs elsewhere.
+NATIVE_KERNELS = True
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """Trace with XLA's own operations only: for artifacts run outside this process (export)."""
+    global NATIVE_KERNELS
+    before, NATIVE_KERNELS = NATIVE_KERNELS, False
+    try:
+        yield
+    finally:
+        NATIVE_KERNELS = before
+
+
 class Conv(nn.Module):
     """A 2-D conv with PyTorch's explicit padding and ``nn.Conv``'s parameters: ``kernel``
     [k, k, in/groups, features] and, with ``use_bias``, ``bias`` [features].
 
-    ``padding``: ((top, bottom), (left, right)). On CPU (``use_cpu_forms``) a 1x1 stride-1 conv
-    is a matrix product over channels and a depthwise conv (``groups`` == in == features) is
-    ``depthwise_conv``: XLA:CPU runs both several times faster than its convolution
-    (``benchmarks/conv_forms.py``); everything else is ``lax.conv_general_dilated``.
+    ``padding``: ((top, bottom), (left, right)). On CPU (``use_cpu_forms``) a float32 conv is
+    oneDNN's (``kernels.onednn``: PyTorch's CPU kernels, 1.4-4x faster than XLA:CPU's convolution
+    forward and backward) where it builds; without it a 1x1 stride-1 conv is a matrix product over
+    channels and a depthwise conv (``groups`` == in == features) is ``depthwise_conv``, which
+    XLA:CPU runs several times faster than its convolution (``benchmarks/conv_forms.py``);
+    everything else is ``lax.conv_general_dilated``.
     """
 
     features: int
@@ -171,7 +192,9 @@ class Conv(nn.Module):
         x, kernel = nn.dtypes.promote_dtype(x, kernel)
         cpu_forms = use_cpu_forms()
         no_pad = all(p == (0, 0) for p in self.padding)
-        if cpu_forms and k == 1 and self.stride == 1 and self.groups == 1 and no_pad:
+        if cpu_forms and x.dtype == jnp.float32 and NATIVE_KERNELS and onednn.available():
+            y = onednn.conv(x, kernel, self.stride, self.padding)
+        elif cpu_forms and k == 1 and self.stride == 1 and self.groups == 1 and no_pad:
             y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
         elif cpu_forms and self.groups == c_in == self.features > 1:
             y = depthwise_conv(x, kernel, self.stride, self.padding)

@@ -25,8 +25,9 @@ BEGIN, END = "<!-- import-graph:begin -->", "<!-- import-graph:end -->"
 ALLOWED: Dict[str, Set[str]] = {
     "errors": set(),
     "ops": {"errors"},
+    "kernels": {"errors"},
     "configs": {"errors"},
-    "models": {"errors", "ops"},
+    "models": {"errors", "ops", "kernels"},
     "losses": {"errors", "ops"},
     "data": {"errors", "ops"},
     "evaluate": {"errors", "ops", "data"},

@@ -1,0 +1,133 @@
+"""2-D convolutions by oneDNN on CPU, with their gradients (``conv``).
+
+XLA:CPU's convolution is 1.4-2.4x slower than oneDNN's on the backbone's dense convs, and its
+weight gradient the most (``benchmarks/conv_forms.py``). ``onednn_conv.cc`` wraps oneDNN's
+forward, backward-data and backward-weights primitives as XLA FFI handlers; ``conv`` is a
+``jax.custom_vjp`` over them with ``lax.conv_general_dilated``'s meaning (NHWC, HWIO, explicit
+padding, groups = C / kernel's input channels, float32) and its results up to float rounding (tests/test_onednn_conv.py).
+
+``available()`` compiles the handlers on first use (g++ and oneDNN's headers and library, e.g.
+Debian's ``libdnnl-dev``; about 10 s) into ``$DEIM_JAX_KERNEL_DIR`` (default
+``~/.cache/deim_jax/kernels``, one file per source and jax version), loads and registers them,
+and says False, with one log line naming what is missing, where that cannot be done. They are
+used on one CPU device only: XLA has no rule to split a custom call over a mesh, so a sharded
+program would gather the whole batch on every device (several devices keep XLA's convolutions).
+``DEIM_JAX_ONEDNN=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+DIR_ENV, SWITCH_ENV = "DEIM_JAX_KERNEL_DIR", "DEIM_JAX_ONEDNN"
+_TARGETS = {"forward": "DeimConvForward", "data": "DeimConvBackwardData", "weights": "DeimConvBackwardWeights"}
+
+Padding = Tuple[Tuple[int, int], Tuple[int, int]]
+
+
+def library_path() -> str:
+    """Where the compiled handlers of this source and this jax version live."""
+    with open(SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read() + jax.__version__.encode()).hexdigest()[:16]
+    root = os.environ.get(DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "deim_jax", "kernels")
+    return os.path.join(root, f"onednn_conv-{key}.so")
+
+
+def _build(path: str) -> Optional[str]:
+    """Compile ``SOURCE`` to ``path`` (atomically); the reason on failure, else None."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        return "no C++ compiler (g++) found"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", SOURCE, "-o", tmp,
+           "-ldnnl"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        os.remove(tmp)
+        missing = "dnnl.hpp" in r.stderr or "-ldnnl" in r.stderr or "cannot find" in r.stderr
+        return ("oneDNN's headers or library not found (install libdnnl-dev)" if missing
+                else f"compiling {SOURCE} failed: {r.stderr.strip().splitlines()[-1:]}")
+    os.replace(tmp, path)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether the oneDNN convolutions can run here (building them on first use)."""
+    if os.environ.get(SWITCH_ENV, "1") == "0":
+        return False
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        # XLA cannot split a custom call over devices: it would gather the whole batch on each one
+        return False
+    path = library_path()
+    reason = None if os.path.isfile(path) else _build(path)
+    if reason is None:
+        # OpenMP threads sleep between calls instead of spinning on cores that XLA's threads need
+        # (read when OpenMP starts, so only where nothing started it before)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            lib = ctypes.cdll.LoadLibrary(path)
+        except OSError as e:
+            reason = f"loading {path} failed: {e}"
+    if reason is not None:
+        log.info("oneDNN convolutions off, XLA's used instead: %s", reason)
+        return False
+    for name, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(_target(name), jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return True
+
+
+def _target(name: str) -> str:
+    return f"deim_onednn_conv_{name}"
+
+
+def _call(name: str, out_shape: Sequence[int], a, b, stride: int, padding: Padding):
+    (top, bottom), (left, right) = padding
+    return jax.ffi.ffi_call(_target(name), jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(
+        a, b, stride=np.int64(stride), pad_top=np.int64(top), pad_bottom=np.int64(bottom),
+        pad_left=np.int64(left), pad_right=np.int64(right))
+
+
+def output_shape(x_shape, kernel_shape, stride: int, padding: Padding):
+    b, h, w, _ = x_shape
+    kh, kw, _, out = kernel_shape
+    (top, bottom), (left, right) = padding
+    return b, (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """x [B, H, W, C] float32, kernel [kh, kw, C / groups, O] float32 -> [B, H', W', O];
+    ``padding`` ((top, bottom), (left, right)). Call only where ``available()``."""
+    return _call("forward", output_shape(x.shape, kernel.shape, stride, padding), x, kernel, stride, padding)
+
+
+def _conv_fwd(x, kernel, stride, padding):
+    return conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    dx = _call("data", x.shape, dy, kernel, stride, padding)
+    dk = _call("weights", kernel.shape, x, dy, stride, padding)
+    return dx, dk
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
