@@ -167,13 +167,14 @@ def main(argv):
             ours = [r["deim_jax"][name] for r in rounds]
             row = [bench_common.host_description(), bench_common.code_version(), name, str(n),
                    f"{np.median(ours):.1f}"]
-            theirs = [r["official"][name] for r in rounds if name in r.get("official", {})]
             if _OFFICIAL.value:
+                theirs = [r["official"][name] for r in rounds if name in r["official"]]
                 ratios = [a / b for a, b in zip(ours, theirs)]
                 row += [f"{np.median(theirs):.1f}", f"{np.median(ratios):.2f}x"] if theirs else ["", ""]
             bench_common.append_row(_RESULTS.value, f"Input pipeline, config {c.name}, batch {_BATCH.value}, "
                                     f"{_BATCHES.value} timed batches, {_ROUNDS.value} alternating rounds "
                                     "(medians), same JPEGs and cores for both", columns, row)
+
 
 if __name__ == "__main__":
     cli.run(main, default_config="dfine_l")

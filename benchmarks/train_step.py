@@ -29,7 +29,6 @@ from absl import flags
 
 from deim_jax import cli, models
 from deim_jax.errors import UserError
-from deim_jax.kernels import onednn
 from deim_jax.models import layers
 from deim_jax.tools import official
 from deim_jax.train import setup as setup_lib
@@ -91,7 +90,7 @@ def main(argv):
         columns += ["official s/step", "speed vs official"]
         row += [f"{statistics.median(theirs):.3f}", f"{statistics.median(b / a for a, b in zip(ours, theirs)):.2f}x"]
     columns += ["rounds", "oneDNN convs"]
-    row += [str(_ROUNDS.value), "yes" if layers.use_cpu_forms() and onednn.available() else "no"]
+    row += [str(_ROUNDS.value), "yes" if layers.use_native_convs() else "no"]
     out_path = _OUT.value or os.path.join(bench_common.REPO, "benchmarks", "results",
                                           f"train_step_{jax.devices()[0].platform}.md")
     bench_common.append_row(out_path, f"# Train step ({bench_common.device_description()})", columns, row)

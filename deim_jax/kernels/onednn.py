@@ -4,10 +4,11 @@ XLA:CPU's convolution is 1.4-2.4x slower than oneDNN's on the backbone's dense c
 weight gradient the most (``benchmarks/conv_forms.py``). ``onednn_conv.cc`` wraps oneDNN's
 forward, backward-data and backward-weights primitives as XLA FFI handlers; ``conv`` is a
 ``jax.custom_vjp`` over them with ``lax.conv_general_dilated``'s meaning (NHWC, HWIO, explicit
-padding, groups = C / kernel's input channels, float32) and its results up to float rounding (tests/test_onednn_conv.py).
+padding, groups = C / kernel's input channels, float32) and its results up to float rounding
+(tests/test_onednn_conv.py).
 
 ``available()`` compiles the handlers on first use (g++ and oneDNN's headers and library, e.g.
-Debian's ``libdnnl-dev``; about 10 s) into ``$DEIM_JAX_KERNEL_DIR`` (default
+Debian's ``libdnnl-dev``; about 4 s) into ``$DEIM_JAX_KERNEL_DIR`` (default
 ``~/.cache/deim_jax/kernels``, one file per source and jax version), loads and registers them,
 and says False, with one log line naming what is missing, where that cannot be done. They are
 used on one CPU device only: XLA has no rule to split a custom call over a mesh, so a sharded

@@ -1,11 +1,13 @@
 // oneDNN 2-D convolutions as XLA FFI handlers for CPU: forward, backward data and backward weights
-// of a float32 convolution (dense or grouped; the groups follow from the input and weight shapes). Layouts are the model's: activations NHWC, weights
-// HWIO; oneDNN picks its own weight layout and the handlers reorder to and from HWIO. Built and
-// loaded by deim_jax/kernels/onednn.py.
+// of a float32 convolution (dense or grouped; the groups follow from the input and weight shapes).
+// Layouts are the model's: activations NHWC, weights HWIO; oneDNN picks its own weight layout and
+// the handlers reorder to and from HWIO. Built and loaded by deim_jax/kernels/onednn.py.
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -108,12 +110,12 @@ const Primitives& Cached(const Geometry& g) {
   return *slot;
 }
 
-// `user` in the layout `want`: the same memory when the layouts agree, else a reordered copy.
 void Reorder(memory from, memory to, dnnl::stream& stream) {
   dnnl::reorder::primitive_desc pd(from, to, UserScratchpad());
   Execute(dnnl::reorder(pd), pd, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}, stream);
 }
 
+// `user` in the layout `want`: the same memory when the layouts agree, else a reordered copy.
 memory InLayout(memory user, const memory::desc& want, dnnl::stream& stream) {
   if (user.get_desc() == want) return user;
   memory out(want, Engine());
@@ -128,7 +130,7 @@ ffi::Error Guarded(Body body) {
     body(stream);
     stream.wait();
     return ffi::Error::Success();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, or out of memory: an error, not a crash
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
 }

@@ -147,9 +147,14 @@ def use_cpu_forms() -> bool:
     return jax.default_backend() == "cpu" if CPU_FORMS is None else CPU_FORMS
 
 
-# Whether the CPU forms may call native kernels (``deim_jax.kernels``: oneDNN's dense convs)
+# Whether the CPU forms may call native kernels (``deim_jax.kernels``: oneDNN's convolutions)
 # where they build; ``portable_ops`` turns them off while tracing what runs elsewhere.
 NATIVE_KERNELS = True
+
+
+def use_native_convs() -> bool:
+    """Whether ``Conv`` computes float32 convs with oneDNN (``kernels.onednn``) in this process."""
+    return use_cpu_forms() and NATIVE_KERNELS and onednn.available()
 
 
 @contextlib.contextmanager
@@ -192,7 +197,7 @@ class Conv(nn.Module):
         x, kernel = nn.dtypes.promote_dtype(x, kernel)
         cpu_forms = use_cpu_forms()
         no_pad = all(p == (0, 0) for p in self.padding)
-        if cpu_forms and x.dtype == jnp.float32 and NATIVE_KERNELS and onednn.available():
+        if x.dtype == jnp.float32 and use_native_convs():
             y = onednn.conv(x, kernel, self.stride, self.padding)
         elif cpu_forms and k == 1 and self.stride == 1 and self.groups == 1 and no_pad:
             y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
