@@ -69,3 +69,22 @@ def test_a_failed_build_is_said_and_xla_is_kept(tmp_path):
 @needs_onednn
 def test_several_devices_keep_xla():
     assert _available_in_subprocess(XLA_FLAGS="--xla_force_host_platform_device_count=2")[0] == "False"
+
+
+@needs_onednn
+def test_vmap_and_jacobians_equal_xla():
+    """vmap over images folds into the batch, over kernels runs one call per kernel; jacrev vmaps
+    the backward calls over cotangents."""
+    rng = np.random.default_rng(3)
+    xs = jnp.asarray(rng.normal(size=(3, 2, 9, 7, 6)), jnp.float32)
+    ks = jnp.asarray(rng.normal(size=(3, 3, 3, 6, 5)), jnp.float32)
+    pad = ((1, 1), (1, 1))
+    for in_axes in [(0, None), (None, 0), (0, 0)]:
+        args = (xs if in_axes[0] == 0 else xs[0], ks if in_axes[1] == 0 else ks[0])
+        ours, ref = (jax.jit(jax.vmap(lambda x, k, f=f: f(x, k, 2, pad), in_axes))(*args)
+                     for f in (onednn.conv, _xla_conv))
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    ours, ref = (jax.jit(jax.jacrev(lambda x, k, f=f: jnp.sum(f(x, k, 2, pad) ** 2, axis=(1, 2, 3)), (0, 1)))(
+        xs[0], ks[0]) for f in (onednn.conv, _xla_conv))
+    for o, r in zip(ours, ref):
+        np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-3)

@@ -100,10 +100,32 @@ def _target(name: str) -> str:
 
 
 def _call(name: str, out_shape: Sequence[int], a, b, stride: int, padding: Padding):
+    return _batchable_call(name, tuple(out_shape), stride, padding)(a, b)
+
+
+@functools.lru_cache(maxsize=None)
+def _batchable_call(name: str, out_shape: Tuple[int, ...], stride: int, padding: Padding):
+    """The FFI call ``(a, b) -> out_shape`` for fixed geometry, with a vmap rule: a vmapped
+    image-like first operand (x for forward, dy for backward-data) folds into the batch axis;
+    any other vmap runs the calls one after another (``lax.map``)."""
     (top, bottom), (left, right) = padding
-    return jax.ffi.ffi_call(_target(name), jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(
-        a, b, stride=np.int64(stride), pad_top=np.int64(top), pad_bottom=np.int64(bottom),
-        pad_left=np.int64(left), pad_right=np.int64(right))
+    attrs = dict(stride=np.int64(stride), pad_top=np.int64(top), pad_bottom=np.int64(bottom),
+                 pad_left=np.int64(left), pad_right=np.int64(right))
+
+    @jax.custom_batching.custom_vmap
+    def call(a, b):
+        return jax.ffi.ffi_call(_target(name), jax.ShapeDtypeStruct(out_shape, jnp.float32))(a, b, **attrs)
+
+    @call.def_vmap
+    def _rule(axis_size, in_batched, a, b):
+        if name != "weights" and in_batched == [True, False]:
+            folded = _batchable_call(name, (axis_size * out_shape[0],) + out_shape[1:], stride, padding)
+            y = folded(a.reshape((-1,) + a.shape[2:]), b)
+            return y.reshape((axis_size,) + out_shape), True
+        a, b = (v if batched else jnp.broadcast_to(v, (axis_size,) + v.shape) for v, batched in zip((a, b), in_batched))
+        return jax.lax.map(lambda ab: call(*ab), (a, b)), True
+
+    return call
 
 
 def output_shape(x_shape, kernel_shape, stride: int, padding: Padding):
