@@ -27,7 +27,7 @@ from deim_jax.models.deim import DEIM
 from deim_jax.models.dfine_decoder import DFINETransformer
 from deim_jax.models.hgnetv2 import HGNetv2
 from deim_jax.models.hybrid_encoder import VERSIONS, HybridEncoder
-from deim_jax.models.layers import ACTIVATIONS
+from deim_jax.models.activations import ACTIVATIONS
 from deim_jax.models.presnet import PResNet
 from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
 from deim_jax.ops.anchors import generate_anchors

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from deim_jax.models.deformable_attention import MSDeformableAttention
-from deim_jax.models.layers import LayerNorm, MultiheadAttention, get_activation, xavier_uniform
+from deim_jax.models.activations import get_activation
+from deim_jax.models.layers import LayerNorm, MultiheadAttention, xavier_uniform
 
 FP16_MAX = 65504.0
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
-from deim_jax.models.layers import BatchNorm
+from deim_jax.models.batch_norm import BatchNorm
 
 EPS = BatchNorm.epsilon
 NORM_NAMES = ("norm", "bn")

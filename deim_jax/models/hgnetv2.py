@@ -88,11 +88,10 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         x = conv_then_norm(self, x, train, features=self.features, kernel=self.kernel, stride=self.stride,
-                           groups=self.groups, padding=self.padding, norm_name="bn", frozen_norm=self.frozen_norm)
-        if self.use_act:
-            x = jax.nn.relu(x)
-            if self.use_lab:
-                x = LearnableAffineBlock(name="lab")(x)
+                           groups=self.groups, padding=self.padding, norm_name="bn", frozen_norm=self.frozen_norm,
+                           act="relu" if self.use_act else None)
+        if self.use_act and self.use_lab:
+            x = LearnableAffineBlock(name="lab")(x)
         return x
 
 

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deim_jax.models.layers import ConvNorm, LayerNorm, MultiheadAttention, conv, get_activation, torch_kernel_init
+from deim_jax.models.activations import get_activation
+from deim_jax.models.layers import ConvNorm, LayerNorm, MultiheadAttention, conv, torch_kernel_init
 
 VERSIONS = ("dfine", "rtdetrv2")  # values of HybridEncoder.version
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from deim_jax.kernels import onednn
+from deim_jax.models.activations import get_activation
+from deim_jax.models.batch_norm import BatchNorm
 
 # PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -29,73 +31,9 @@ xavier_uniform = nn.initializers.xavier_uniform()
 LN_EPS = 1e-5  # PyTorch LayerNorm default (Flax's is 1e-6).
 
 
-def gelu_exact(x):
-    """GELU with erf, as torch.nn.GELU() (jax.nn.gelu defaults to the tanh form)."""
-    return jax.nn.gelu(x, approximate=False)
-
-
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "gelu": gelu_exact,
-    "identity": lambda x: x,
-    None: lambda x: x,
-}
-
-
-def get_activation(name: Optional[str]) -> Callable:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(k for k in ACTIVATIONS if k)}")
-    return ACTIVATIONS[name]
-
-
 def LayerNorm(name: Optional[str] = None) -> nn.LayerNorm:
     """LayerNorm with PyTorch's epsilon (1e-5)."""
     return nn.LayerNorm(epsilon=LN_EPS, name=name)
-
-
-class BatchNorm(nn.Module):
-    """BatchNorm over the last axis with PyTorch semantics.
-
-    Train mode normalizes with the biased batch variance over all leading axes
-    and updates the running statistics with momentum 0.1 using the *unbiased*
-    variance; eval mode uses the running statistics. Under ``jit`` with a batch
-    sharded over a mesh the batch mean is taken over the global batch, which
-    gives SyncBatchNorm semantics without collectives in user code.
-
-    ``frozen=True`` mirrors torchvision's FrozenBatchNorm2d: running statistics
-    always, no ``num_batches_tracked`` (the optimizer must not train it).
-    """
-
-    epsilon: float = 1e-5
-    momentum: float = 0.1
-    frozen: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,))
-        bias = self.param("bias", nn.initializers.zeros, (c,))
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        if not self.frozen:
-            count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
-        if train and not self.frozen:
-            axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axes)
-            var = jnp.mean(jnp.square(xf - mean), axes)
-            if not self.is_initializing():
-                n = xf.size // c
-                m = self.momentum
-                ra_mean.value = (1 - m) * ra_mean.value + m * mean
-                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
-                count.value = count.value + 1
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        inv = jax.lax.rsqrt(var + self.epsilon) * scale
-        y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
-        return y
 
 
 def _windows(x: jax.Array, kh: int, kw: int, stride: int):
@@ -242,13 +180,14 @@ def is_folded(module: nn.Module, norm_name: str) -> bool:
 
 def conv_then_norm(module: nn.Module, x, train: bool, *, features: int, kernel: int, stride: int = 1,
                    groups: int = 1, padding=None, norm_name: str = "norm", frozen_norm: bool = False,
-                   kernel_init=torch_kernel_init):
-    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` inside ``module``'s scope, or the folded
-    conv with its bias alone when the variables are folded (``is_folded``)."""
+                   kernel_init=torch_kernel_init, act: Optional[str] = None):
+    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` -> ``act`` inside ``module``'s scope, or the
+    folded conv with its bias -> ``act`` when the variables are folded (``is_folded``)."""
     if is_folded(module, norm_name):
-        return conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
+        x = conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
+        return get_activation(act)(x)
     x = conv(features, kernel, stride, groups, padding, name="conv", kernel_init=kernel_init)(x)
-    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train)
+    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train, act)
 
 
 class ConvNorm(nn.Module):
@@ -269,10 +208,9 @@ class ConvNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = conv_then_norm(self, x, train, features=self.features, kernel=self.kernel, stride=self.stride,
-                           groups=self.groups, padding=self.padding, norm_name=self.norm_name,
-                           frozen_norm=self.frozen_norm)
-        return get_activation(self.act)(x)
+        return conv_then_norm(self, x, train, features=self.features, kernel=self.kernel, stride=self.stride,
+                              groups=self.groups, padding=self.padding, norm_name=self.norm_name,
+                              frozen_norm=self.frozen_norm, act=self.act)
 
 
 class MLP(nn.Module):
