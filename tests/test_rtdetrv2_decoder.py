@@ -12,7 +12,7 @@ import pytest
 
 from deim_jax import convert
 from deim_jax.models import denoising
-from deim_jax.models.deformable_attention import deformable_sample, weighted_rows
+from deim_jax.models.deformable_attention import deformable_sample
 from deim_jax.models.rtdetrv2_decoder import RTDETRTransformerv2
 from tests import parity_utils as pu
 from tests.model_checks import RTOL_OP, align, assert_f32_close, check_max_abs, fixture_dn_group
@@ -209,24 +209,6 @@ def test_look_forward_twice_gradients():
     # ... but layer-2 boxes do not reach two layers back (sampling and query-pos use detached boxes)
     assert norm(g["dec_bbox_head_0"], 1) == 0
     assert norm(g["dec_bbox_head_1"], 1) > 0 and norm(g["dec_bbox_head_2"], 1) > 0
-
-
-def test_weighted_rows_gradients_equal_autodiff():
-    """The sampler's core (hand-written gradient) against autodiff of gather-then-sum, repeated rows included."""
-    rng = np.random.default_rng(1)
-    table = jnp.asarray(rng.normal(size=(30, 5)), jnp.float32)
-    rows = jnp.asarray(rng.integers(0, 30, size=(7, 9)), jnp.int32).at[0, :3].set(4)
-    weights = jnp.asarray(rng.normal(size=(7, 9)), jnp.float32)
-    g = jnp.asarray(rng.normal(size=(7, 5)), jnp.float32)
-
-    def reference(table, weights):
-        return jnp.einsum("nk,nkc->nc", weights, table[rows])
-
-    ours, pull = jax.vjp(lambda t, w: weighted_rows(t, rows, w), table, weights)
-    ref, pull_ref = jax.vjp(reference, table, weights)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.jit(pull)(g), pull_ref(g)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_discrete_sampler_matches_loop():

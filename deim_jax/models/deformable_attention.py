@@ -3,8 +3,8 @@
 Value layout: the encoder memory [B, S, d] (levels concatenated, finest first, each row-major) is
 viewed as ``[B, S, nH, hd]`` (head h owns channels ``h*hd:(h+1)*hd``). Sampling locations are
 normalized (x, y) in [0, 1]; the points of a head are grouped level by level. Both samplers turn
-every tap of every level into one row of that flat table, so an attention call is one weighted
-sum of gathered rows (``weighted_rows``):
+every tap of every level into one row of that flat table, so an attention call is one gather and
+one weighted reduction:
 
 * ``'default'``: bilinear with zero padding, equal to ``F.grid_sample(mode='bilinear',
   padding_mode='zeros', align_corners=False)`` (4 corner taps per point);
@@ -131,41 +131,10 @@ def deformable_sample(
     base = (jax.lax.broadcasted_iota(jnp.int32, (b, 1, 1, 1, 1), 0) * (s * nh)
             + jax.lax.broadcasted_iota(jnp.int32, (1, 1, nh, 1, 1), 2))
     rows = base + idx * nh
-    k = rows.shape[3] * rows.shape[4]
-    out = weighted_rows(value.reshape(b * s * nh, hd), rows.reshape(b * q * nh, k),
-                        wt.astype(value.dtype).reshape(b * q * nh, k))
+    taps = jnp.take(value.reshape(b * s * nh, hd), rows.reshape(-1), axis=0, mode="clip")
+    taps = taps.reshape(rows.shape + (hd,))
+    out = jnp.einsum("bqhpt,bqhptc->bqhc", wt.astype(value.dtype), taps)
     return out.reshape(b, q, nh * hd)
-
-
-@jax.custom_vjp
-def weighted_rows(table: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.Array:
-    """``out[n] = sum_k weights[n, k] * table[rows[n, k]]``: table [R, C], rows [N, K] int32 in
-    [0, R), weights [N, K] -> [N, C].
-
-    Written as K gathers of [N, C] (and so is the weights' gradient) so that XLA fuses them into
-    the sum instead of storing the [N, K, C] taps and transposing them for a product: 10x faster
-    forward and 2x forward + backward on XLA:CPU at D-FINE L's sizes. The table's gradient is
-    one scatter-add."""
-    out = 0.0
-    for k in range(rows.shape[1]):  # a sum of K gathered rows: one loop fusion, no [N, K, C] taps
-        out = out + weights[:, k, None] * jnp.take(table, rows[:, k], axis=0, mode="clip")
-    return out
-
-
-def _weighted_rows_fwd(table, rows, weights):
-    return weighted_rows(table, rows, weights), (table, rows, weights)
-
-
-def _weighted_rows_bwd(residuals, g):
-    table, rows, weights = residuals
-    d_weights = jnp.stack([jnp.sum(jnp.take(table, rows[:, k], axis=0, mode="clip") * g, axis=-1)
-                           for k in range(rows.shape[1])], axis=1)
-    updates = (weights[..., None] * g[:, None, :]).reshape(-1, table.shape[-1])
-    d_table = jnp.zeros_like(table).at[rows.reshape(-1)].add(updates, mode="clip")
-    return d_table, np.zeros(rows.shape, jax.dtypes.float0), d_weights
-
-
-weighted_rows.defvjp(_weighted_rows_fwd, _weighted_rows_bwd)
 
 
 class MSDeformableAttention(nn.Module):
