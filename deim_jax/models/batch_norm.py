@@ -20,17 +20,17 @@ import jax.numpy as jnp
 
 from deim_jax.models.activations import get_activation
 
-# activation name -> (f(z), f'(z) * g): the activations fused into the train-mode BatchNorm
-_FUSED_ACTS = {
-    None: (lambda z: z, lambda z, g: g),
-    "identity": (lambda z: z, lambda z, g: g),
-    "relu": (jax.nn.relu, lambda z, g: jnp.where(z > 0, g, 0.0)),
-    "silu": (jax.nn.silu, lambda z, g: g * jax.nn.sigmoid(z) * (1.0 + z * (1.0 - jax.nn.sigmoid(z)))),
+# activation name -> f'(z) * g, for the activations fused into the train-mode BatchNorm
+_ACT_GRADS = {
+    None: lambda z, g: g,
+    "identity": lambda z, g: g,
+    "relu": lambda z, g: jnp.where(z > 0, g, 0.0),
+    "silu": lambda z, g: g * jax.nn.sigmoid(z) * (1.0 + z * (1.0 - jax.nn.sigmoid(z))),
 }
 
 
 def can_fuse(act: Optional[str]) -> bool:
-    return act in _FUSED_ACTS
+    return act in _ACT_GRADS
 
 
 def batch_moments(x: jax.Array):
@@ -51,7 +51,7 @@ def batch_norm_act(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: flo
 def _forward(x, scale, bias, epsilon, act):
     mean, var = batch_moments(x)
     rstd = jax.lax.rsqrt(var + epsilon)
-    y = _FUSED_ACTS[act][0]((x - mean) * (rstd * scale) + bias)
+    y = get_activation(act)((x - mean) * (rstd * scale) + bias)
     return y, (x, mean, rstd, scale, bias)
 
 
@@ -61,7 +61,7 @@ def _backward(epsilon, act, residuals, dy):
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     x_hat = (x - mean) * rstd
-    dz = _FUSED_ACTS[act][1](x_hat * scale + bias, dy)  # gradient before the activation
+    dz = _ACT_GRADS[act](x_hat * scale + bias, dy)  # gradient before the activation
     d_bias = jnp.sum(dz, axes)
     d_scale = jnp.sum(dz * x_hat, axes)
     dx = (scale * rstd) * (dz - (d_bias + x_hat * d_scale) / n)
@@ -98,8 +98,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         if not self.frozen:
             count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
-        batch_stats = train and not self.frozen
-        if batch_stats:
+        if train and not self.frozen:
             # (the same reductions as inside batch_norm_act: XLA computes them once)
             mean, var = batch_moments(jax.lax.stop_gradient(x))
             if not self.is_initializing():
