@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from deim_jax.kernels import onednn
 from deim_jax.models import hgnetv2, layers
@@ -71,6 +73,22 @@ def test_max_pool_matches_reduce_window_and_sends_tied_gradients_to_the_first_ma
     # one 2x2 window of equal values: PyTorch gives the whole gradient to the top-left one
     g = jax.grad(lambda x: jnp.sum(layers.max_pool(x, 2, 2)))(jnp.ones((1, 2, 2, 1)))
     np.testing.assert_array_equal(g[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("window,stride,pad", [(2, 1, ((0, 0), (0, 0))), (3, 2, ((1, 1), (1, 1))),
+                                               (2, 2, ((0, 1), (0, 1)))])
+def test_max_pool_gradient_equals_pytorch_with_ties(window, stride, pad):
+    """Rounded values (many ties, as after a ReLU), the hand-written gradient against torch's."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(np.round(rng.normal(size=(2, 8, 7, 3)) * 2), 0).astype(np.float32)
+    dy_shape = layers.max_pool(jnp.asarray(x), window, stride, pad).shape
+    dy = rng.normal(size=dy_shape).astype(np.float32)
+    _, pull = jax.vjp(lambda x: layers.max_pool(x, window, stride, pad), jnp.asarray(x))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    # torch pads symmetrically only: pad by hand with -inf, then pool without padding
+    xp = F.pad(xt, (pad[1][0], pad[1][1], pad[0][0], pad[0][1]), value=-float("inf"))
+    F.max_pool2d(xp, window, stride).backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(pull(jnp.asarray(dy))[0], xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
 
 
 def test_backbone_is_the_same_in_both_forms(forms):

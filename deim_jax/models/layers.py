@@ -22,7 +22,8 @@ import jax.numpy as jnp
 
 from deim_jax.kernels import onednn
 from deim_jax.models.activations import get_activation
-from deim_jax.models.batch_norm import BatchNorm
+from deim_jax.models.attention import attention
+from deim_jax.models.batch_norm import BatchNorm, apply_affine
 
 # PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -62,18 +63,49 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax
     return out
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
     """PyTorch's ``MaxPool2d(window, stride, padding)`` on NHWC (the padding acts as -inf).
 
-    A chain of strict ``>`` selections over the window offsets in row-major order, so the
-    gradient goes to the first maximum of each window, as in PyTorch; XLA's own max-pool
-    gradient (select-and-scatter with index tracking) costs ~100 ms per D-FINE step on CPU.
+    A chain of strict ``>`` selections over the window offsets in row-major order. The gradient
+    goes to the first maximum of each window, as in PyTorch, and is written by hand: one pass that
+    adds each offset's share, where autodiff of the chain stores a mask per offset and pads each
+    share separately (XLA's own max-pool gradient, select-and-scatter, is slower still on CPU).
     """
     out = None
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-    for _, _, win in _windows(x, window, window, stride):
+    for _, _, win in _windows(_pad_low(x, padding), window, window, stride):
         out = win if out is None else jnp.where(win > out, win, out)
     return out
+
+
+def _pad_low(x, padding):
+    return jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    out = max_pool(x, window, stride, padding)
+    return out, (x, out)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+    x, out = residuals
+    xp = _pad_low(x, padding)
+    dxp, taken = jnp.zeros_like(xp), None
+    for i, j, win in _windows(xp, window, window, stride):
+        first = win == out if taken is None else (win == out) & ~taken
+        taken = first if taken is None else taken | first
+        share = jnp.where(first, g, 0.0).astype(x.dtype)
+        # place share[y, x] at padded position (i + y * stride, j + x * stride)
+        dxp = dxp + jax.lax.pad(share, jnp.zeros((), x.dtype), (
+            (0, 0, 0),
+            (i, xp.shape[1] - i - (share.shape[1] - 1) * stride - 1, stride - 1),
+            (j, xp.shape[2] - j - (share.shape[2] - 1) * stride - 1, stride - 1),
+            (0, 0, 0)))
+    (top, _), (left, _) = padding
+    return (dxp[:, top : top + x.shape[1], left : left + x.shape[2]],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # Which forms ``Conv`` computes: None = by backend (the CPU forms on CPU, XLA's convolution on
@@ -180,14 +212,16 @@ def is_folded(module: nn.Module, norm_name: str) -> bool:
 
 def conv_then_norm(module: nn.Module, x, train: bool, *, features: int, kernel: int, stride: int = 1,
                    groups: int = 1, padding=None, norm_name: str = "norm", frozen_norm: bool = False,
-                   kernel_init=torch_kernel_init, act: Optional[str] = None):
-    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` -> ``act`` inside ``module``'s scope, or the
-    folded conv with its bias -> ``act`` when the variables are folded (``is_folded``)."""
+                   kernel_init=torch_kernel_init, act: Optional[str] = None, affine_after=None):
+    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` -> ``act`` (-> ``affine_after`` (a, b):
+    ``a * y + b``) inside ``module``'s scope, or the folded conv with its bias -> ``act`` (-> affine)
+    when the variables are folded (``is_folded``)."""
     if is_folded(module, norm_name):
         x = conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
-        return get_activation(act)(x)
+        x = get_activation(act)(x)
+        return x if affine_after is None else apply_affine(x, affine_after)
     x = conv(features, kernel, stride, groups, padding, name="conv", kernel_init=kernel_init)(x)
-    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train, act)
+    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train, act, affine_after)
 
 
 class ConvNorm(nn.Module):
@@ -267,12 +301,8 @@ class MultiheadAttention(nn.Module):
         def heads(t):
             return t.reshape(t.shape[:-1] + (h, hd))
 
-        q, k, v = heads(q) * (hd**-0.5), heads(k), heads(v)
-        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k)
-        if mask is not None:
-            logits = jnp.where(mask, jnp.asarray(-jnp.inf, logits.dtype), logits)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(query.shape[:-1] + (d,))
+        out = attention(heads(q) * (hd**-0.5), heads(k), heads(v), mask)
+        out = out.reshape(query.shape[:-1] + (d,))
         return nn.Dense(d, kernel_init=torch_kernel_init, name="out_proj")(out)
 
 
