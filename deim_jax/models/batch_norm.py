@@ -12,7 +12,7 @@ this project's 2-core CPU: 108 ms against 159 ms).
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -29,11 +29,6 @@ _ACT_GRADS = {
 }
 
 
-def apply_affine(y: jax.Array, affine: Tuple[jax.Array, jax.Array]) -> jax.Array:
-    """``a * y + b`` for ``affine = (a, b)`` (arrays broadcastable to ``y``), in ``y``'s dtype."""
-    return affine[0].astype(y.dtype) * y + affine[1].astype(y.dtype)
-
-
 def can_fuse(act: Optional[str]) -> bool:
     return act in _ACT_GRADS
 
@@ -47,49 +42,37 @@ def batch_moments(x: jax.Array):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_act(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: Optional[str],
-                   affine_after: Optional[Tuple[jax.Array, jax.Array]] = None) -> jax.Array:
+def batch_norm_act(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: Optional[str]) -> jax.Array:
     """``act((x - mean) * rsqrt(var + eps) * scale + bias)`` with the batch statistics of ``x``
-    [..., C] float32 over all leading axes; ``act`` one of None, 'identity', 'relu', 'silu'.
-    ``affine_after``: optional (a, b) of shape [1] (HGNetv2's learnable affine block), giving
-    ``a * act(...) + b``."""
-    return _forward(x, scale, bias, epsilon, act, affine_after)[0]
+    [..., C] float32 over all leading axes; ``act`` one of None, 'identity', 'relu', 'silu'."""
+    return _forward(x, scale, bias, epsilon, act)[0]
 
 
-def _forward(x, scale, bias, epsilon, act, affine_after):
+def _forward(x, scale, bias, epsilon, act):
     mean, var = batch_moments(x)
     rstd = jax.lax.rsqrt(var + epsilon)
     y = get_activation(act)((x - mean) * (rstd * scale) + bias)
-    if affine_after is not None:
-        y = apply_affine(y, affine_after)
-    return y, (x, mean, rstd, scale, bias, affine_after)
+    return y, (x, mean, rstd, scale, bias)
 
 
 def _backward(epsilon, act, residuals, dy):
     del epsilon
-    x, mean, rstd, scale, bias, affine_after = residuals
+    x, mean, rstd, scale, bias = residuals
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     x_hat = (x - mean) * rstd
-    z = x_hat * scale + bias
-    d_after = None
-    if affine_after is not None:
-        a, _ = affine_after
-        d_after = (jnp.sum(dy * get_activation(act)(z)).reshape(1), jnp.sum(dy).reshape(1))
-        dy = dy * a
-    dz = _ACT_GRADS[act](z, dy)  # gradient before the activation
+    dz = _ACT_GRADS[act](x_hat * scale + bias, dy)  # gradient before the activation
     d_bias = jnp.sum(dz, axes)
     d_scale = jnp.sum(dz * x_hat, axes)
     dx = (scale * rstd) * (dz - (d_bias + x_hat * d_scale) / n)
-    return dx, d_scale, d_bias, d_after
+    return dx, d_scale, d_bias
 
 
 batch_norm_act.defvjp(_forward, _backward)
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm over the last axis with PyTorch semantics, then ``act`` (None: none), then
-    ``affine_after`` (a, b) when given: ``a * act(...) + b``.
+    """BatchNorm over the last axis with PyTorch semantics, then ``act`` (None: none).
 
     Train mode normalizes with the biased batch variance over all leading axes
     and updates the running statistics with momentum 0.1 using the *unbiased*
@@ -107,8 +90,7 @@ class BatchNorm(nn.Module):
     frozen: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool, act: Optional[str] = None,
-                 affine_after: Optional[Tuple[jax.Array, jax.Array]] = None) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, act: Optional[str] = None) -> jax.Array:
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
@@ -126,9 +108,9 @@ class BatchNorm(nn.Module):
                 ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
                 count.value = count.value + 1
             if x.dtype == jnp.float32 and can_fuse(act):
-                return batch_norm_act(x, scale, bias, self.epsilon, act, affine_after)
+                return batch_norm_act(x, scale, bias, self.epsilon, act)
         else:
             mean, var = ra_mean.value, ra_var.value
         inv = jax.lax.rsqrt(var + self.epsilon) * scale
-        y = get_activation(act)((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype))
-        return y if affine_after is None else apply_affine(y, affine_after)
+        y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
+        return get_activation(act)(y)

@@ -61,12 +61,13 @@ def _pad_right_bottom(x: jax.Array) -> jax.Array:
 
 
 class LearnableAffineBlock(nn.Module):
-    """y = scale * x + bias with scalar parameters ``scale`` (init 1) and ``bias`` (init 0), shape [1].
-    ``ConvBNAct`` hands ``(scale, bias)`` to its BatchNorm, which applies them with its activation."""
+    """y = scale * x + bias with scalar parameters ``scale`` (init 1) and ``bias`` (init 0), shape [1]."""
 
-    def setup(self):
-        self.scale = self.param("scale", nn.initializers.ones, (1,))
-        self.bias = self.param("bias", nn.initializers.zeros, (1,))
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (1,))
+        bias = self.param("bias", nn.initializers.zeros, (1,))
+        return scale.astype(x.dtype) * x + bias.astype(x.dtype)
 
 
 class ConvBNAct(nn.Module):
@@ -88,15 +89,10 @@ class ConvBNAct(nn.Module):
     def __call__(self, x, train: bool):
         x = conv_then_norm(self, x, train, features=self.features, kernel=self.kernel, stride=self.stride,
                            groups=self.groups, padding=self.padding, norm_name="bn", frozen_norm=self.frozen_norm,
-                           act="relu" if self.use_act else None, affine_after=self._lab())
+                           act="relu" if self.use_act else None)
+        if self.use_act and self.use_lab:
+            x = LearnableAffineBlock(name="lab")(x)
         return x
-
-    def _lab(self):
-        """The LAB's (scale, bias) when it follows the activation, else None."""
-        if not (self.use_act and self.use_lab):
-            return None
-        lab = LearnableAffineBlock(name="lab")
-        return lab.scale, lab.bias
 
 
 class LightConvBNAct(nn.Module):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from deim_jax.kernels import onednn
 from deim_jax.models.activations import get_activation
 from deim_jax.models.attention import attention
-from deim_jax.models.batch_norm import BatchNorm, apply_affine
+from deim_jax.models.batch_norm import BatchNorm
 
 # PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -212,16 +212,14 @@ def is_folded(module: nn.Module, norm_name: str) -> bool:
 
 def conv_then_norm(module: nn.Module, x, train: bool, *, features: int, kernel: int, stride: int = 1,
                    groups: int = 1, padding=None, norm_name: str = "norm", frozen_norm: bool = False,
-                   kernel_init=torch_kernel_init, act: Optional[str] = None, affine_after=None):
-    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` -> ``act`` (-> ``affine_after`` (a, b):
-    ``a * y + b``) inside ``module``'s scope, or the folded conv with its bias -> ``act`` (-> affine)
-    when the variables are folded (``is_folded``)."""
+                   kernel_init=torch_kernel_init, act: Optional[str] = None):
+    """conv ``conv`` (no bias) -> BatchNorm ``norm_name`` -> ``act`` inside ``module``'s scope, or the
+    folded conv with its bias -> ``act`` when the variables are folded (``is_folded``)."""
     if is_folded(module, norm_name):
         x = conv(features, kernel, stride, groups, padding, use_bias=True, name="conv", kernel_init=kernel_init)(x)
-        x = get_activation(act)(x)
-        return x if affine_after is None else apply_affine(x, affine_after)
+        return get_activation(act)(x)
     x = conv(features, kernel, stride, groups, padding, name="conv", kernel_init=kernel_init)(x)
-    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train, act, affine_after)
+    return BatchNorm(frozen=frozen_norm, name=norm_name)(x, train, act)
 
 
 class ConvNorm(nn.Module):
