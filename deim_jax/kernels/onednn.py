@@ -18,55 +18,24 @@ program would gather the whole batch on every device (several devices keep XLA's
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deim_jax.kernels import native
+
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
-DIR_ENV, SWITCH_ENV = "DEIM_JAX_KERNEL_DIR", "DEIM_JAX_ONEDNN"
+SWITCH_ENV = "DEIM_JAX_ONEDNN"
 _TARGETS = {"forward": "DeimConvForward", "data": "DeimConvBackwardData", "weights": "DeimConvBackwardWeights"}
 
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
-
-
-def library_path() -> str:
-    """Where the compiled handlers of this source and this jax version live."""
-    with open(SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + jax.__version__.encode()).hexdigest()[:16]
-    root = os.environ.get(DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "deim_jax", "kernels")
-    return os.path.join(root, f"onednn_conv-{key}.so")
-
-
-def _build(path: str) -> Optional[str]:
-    """Compile ``SOURCE`` to ``path`` (atomically); the reason on failure, else None."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        return "no C++ compiler (g++) found"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
-    os.close(fd)
-    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", SOURCE, "-o", tmp,
-           "-ldnnl"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        os.remove(tmp)
-        missing = "dnnl.hpp" in r.stderr or "-ldnnl" in r.stderr or "cannot find" in r.stderr
-        return ("oneDNN's headers or library not found (install libdnnl-dev)" if missing
-                else f"compiling {SOURCE} failed: {r.stderr.strip().splitlines()[-1:]}")
-    os.replace(tmp, path)
-    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,21 +46,14 @@ def available() -> bool:
     if jax.default_backend() != "cpu" or jax.device_count() > 1:
         # XLA cannot split a custom call over devices: it would gather the whole batch on each one
         return False
-    path = library_path()
-    reason = None if os.path.isfile(path) else _build(path)
-    if reason is None:
-        # OpenMP threads sleep between calls instead of spinning on cores that XLA's threads need
-        # (read when OpenMP starts, so only where nothing started it before)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        try:
-            lib = ctypes.cdll.LoadLibrary(path)
-        except OSError as e:
-            reason = f"loading {path} failed: {e}"
-    if reason is not None:
+    # OpenMP threads sleep between calls instead of spinning on cores that XLA's threads need
+    # (read when OpenMP starts, so only where nothing started it before)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    lib, reason = native.load(SOURCE, ["-ldnnl"], "oneDNN's headers or library not found (install libdnnl-dev)")
+    if lib is None:
         log.info("oneDNN convolutions off, XLA's used instead: %s", reason)
         return False
-    for name, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(_target(name), jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    native.register(lib, {_target(name): symbol for name, symbol in _TARGETS.items()})
     return True
 
 

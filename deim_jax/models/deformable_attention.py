@@ -4,7 +4,7 @@ Value layout: the encoder memory [B, S, d] (levels concatenated, finest first, e
 viewed as ``[B, S, nH, hd]`` (head h owns channels ``h*hd:(h+1)*hd``). Sampling locations are
 normalized (x, y) in [0, 1]; the points of a head are grouped level by level. Both samplers turn
 every tap of every level into one row of that flat table, so an attention call is one gather and
-one weighted reduction:
+one weighted reduction (on CPU, in float32, one C++ kernel that does both: ``kernels.gather_sum``):
 
 * ``'default'``: bilinear with zero padding, equal to ``F.grid_sample(mode='bilinear',
   padding_mode='zeros', align_corners=False)`` (4 corner taps per point);
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deim_jax.models.layers import xavier_uniform
+from deim_jax.kernels import gather_sum
+from deim_jax.models.layers import use_native_sampling, xavier_uniform
 
 SpatialShapes = Sequence[Tuple[int, int]]
 
@@ -131,9 +132,13 @@ def deformable_sample(
     base = (jax.lax.broadcasted_iota(jnp.int32, (b, 1, 1, 1, 1), 0) * (s * nh)
             + jax.lax.broadcasted_iota(jnp.int32, (1, 1, nh, 1, 1), 2))
     rows = base + idx * nh
-    taps = jnp.take(value.reshape(b * s * nh, hd), rows.reshape(-1), axis=0, mode="clip")
-    taps = taps.reshape(rows.shape + (hd,))
-    out = jnp.einsum("bqhpt,bqhptc->bqhc", wt.astype(value.dtype), taps)
+    table = value.reshape(b * s * nh, hd)
+    if value.dtype == jnp.float32 and use_native_sampling():
+        k = rows.shape[3] * rows.shape[4]
+        out = gather_sum.weighted_rows(table, rows.reshape(-1, k), wt.astype(jnp.float32).reshape(-1, k))
+    else:
+        taps = jnp.take(table, rows.reshape(-1), axis=0, mode="clip").reshape(rows.shape + (hd,))
+        out = jnp.einsum("bqhpt,bqhptc->bqhc", wt.astype(value.dtype), taps)
     return out.reshape(b, q, nh * hd)
 
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deim_jax.kernels import onednn
+from deim_jax.kernels import gather_sum, onednn
 from deim_jax.models.activations import get_activation
 from deim_jax.models.attention import attention
 from deim_jax.models.batch_norm import BatchNorm
@@ -117,7 +117,8 @@ def use_cpu_forms() -> bool:
     return jax.default_backend() == "cpu" if CPU_FORMS is None else CPU_FORMS
 
 
-# Whether the CPU forms may call native kernels (``deim_jax.kernels``: oneDNN's convolutions)
+# Whether the CPU forms may call native kernels (``deim_jax.kernels``: oneDNN's convolutions, the
+# deformable sampler's gathered sums)
 # where they build; ``portable_ops`` turns them off while tracing what runs elsewhere.
 NATIVE_KERNELS = True
 
@@ -125,6 +126,11 @@ NATIVE_KERNELS = True
 def use_native_convs() -> bool:
     """Whether ``Conv`` computes float32 convs with oneDNN (``kernels.onednn``) in this process."""
     return use_cpu_forms() and NATIVE_KERNELS and onednn.available()
+
+
+def use_native_sampling() -> bool:
+    """Whether deformable attention sums its float32 taps with ``kernels.gather_sum`` here."""
+    return use_cpu_forms() and NATIVE_KERNELS and gather_sum.available()
 
 
 @contextlib.contextmanager
