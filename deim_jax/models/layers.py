@@ -118,8 +118,8 @@ def use_cpu_forms() -> bool:
 
 
 # Whether the CPU forms may call native kernels (``deim_jax.kernels``: oneDNN's convolutions, the
-# deformable sampler's gathered sums)
-# where they build; ``portable_ops`` turns them off while tracing what runs elsewhere.
+# deformable sampler's gathered sums) where they build; ``portable_ops`` turns them off while
+# tracing what runs elsewhere.
 NATIVE_KERNELS = True
 
 
