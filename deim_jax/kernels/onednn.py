@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
