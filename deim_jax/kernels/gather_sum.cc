@@ -80,18 +80,16 @@ ffi::Error TableGrad(ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::F32> weights, 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DeimGatherSumForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DeimGatherSumWeightsGrad, WeightsGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// (table, rows, per-row weights or gradient) -> result: the forward and the weights' gradient
+#define DEIM_TABLE_ROWS_BINDING            \
+  ffi::Ffi::Bind()                         \
+      .Arg<ffi::Buffer<ffi::F32>>()        \
+      .Arg<ffi::Buffer<ffi::S32>>()        \
+      .Arg<ffi::Buffer<ffi::F32>>()        \
+      .Ret<ffi::Buffer<ffi::F32>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DeimGatherSumForward, Forward, DEIM_TABLE_ROWS_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DeimGatherSumWeightsGrad, WeightsGrad, DEIM_TABLE_ROWS_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DeimGatherSumTableGrad, TableGrad,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()

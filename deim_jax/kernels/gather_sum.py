@@ -11,7 +11,6 @@ call cannot be split over a mesh); ``DEIM_JAX_NATIVE_SAMPLING=0`` turns it off.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 
 import jax
@@ -19,8 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from deim_jax.kernels import native
-
-log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gather_sum.cc")
 SWITCH_ENV = "DEIM_JAX_NATIVE_SAMPLING"
@@ -32,14 +29,7 @@ _TARGETS = {"deim_gather_sum_forward": "DeimGatherSumForward",
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Whether the kernel can run here (building it on first use)."""
-    if os.environ.get(SWITCH_ENV, "1") == "0" or jax.default_backend() != "cpu" or jax.device_count() > 1:
-        return False
-    lib, reason = native.load(SOURCE)
-    if lib is None:
-        log.info("native deformable sampling off, XLA's gather used instead: %s", reason)
-        return False
-    native.register(lib, _TARGETS)
-    return True
+    return native.enable(SOURCE, _TARGETS, SWITCH_ENV, "native deformable sampling off, XLA's gather used instead")
 
 
 def _ffi(target: str, out_shape, *operands):

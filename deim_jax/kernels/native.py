@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 import jax
 
 DIR_ENV = "DEIM_JAX_KERNEL_DIR"
+
+log = logging.getLogger(__name__)
 
 
 def library_path(source: str) -> str:
@@ -57,7 +60,21 @@ def load(source: str, libs: Sequence[str] = (), missing_hint: str = "") -> Tuple
         return None, f"loading {path} failed: {e}"
 
 
-def register(lib: ctypes.CDLL, targets: dict) -> None:
-    """Register ``{ffi target name: exported symbol}`` of ``lib`` for the CPU platform."""
+def enable(source: str, targets: dict, switch_env: str, off_message: str, libs: Sequence[str] = (),
+           missing_hint: str = "", env_defaults: Optional[dict] = None) -> bool:
+    """Build (first use), load and register ``source``'s handlers ``{ffi target: exported symbol}``;
+    whether they can run here. Off where ``$switch_env`` is "0", off the CPU and with several
+    devices (XLA cannot split a custom call over devices: it would gather the whole batch on each
+    one); a failed build or load logs ``off_message: reason`` once. ``env_defaults``: environment
+    variables set (where unset) before the library loads."""
+    if os.environ.get(switch_env, "1") == "0" or jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return False
+    for key, value in (env_defaults or {}).items():
+        os.environ.setdefault(key, value)
+    lib, reason = load(source, libs, missing_hint)
+    if lib is None:
+        log.info("%s: %s", off_message, reason)
+        return False
     for name, symbol in targets.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return True

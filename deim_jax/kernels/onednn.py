@@ -19,7 +19,6 @@ program would gather the whole batch on every device (several devices keep XLA's
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from typing import Sequence, Tuple
 
@@ -28,8 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from deim_jax.kernels import native
-
-log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 SWITCH_ENV = "DEIM_JAX_ONEDNN"
@@ -41,20 +38,12 @@ Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Whether the oneDNN convolutions can run here (building them on first use)."""
-    if os.environ.get(SWITCH_ENV, "1") == "0":
-        return False
-    if jax.default_backend() != "cpu" or jax.device_count() > 1:
-        # XLA cannot split a custom call over devices: it would gather the whole batch on each one
-        return False
-    # OpenMP threads sleep between calls instead of spinning on cores that XLA's threads need
-    # (read when OpenMP starts, so only where nothing started it before)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    lib, reason = native.load(SOURCE, ["-ldnnl"], "oneDNN's headers or library not found (install libdnnl-dev)")
-    if lib is None:
-        log.info("oneDNN convolutions off, XLA's used instead: %s", reason)
-        return False
-    native.register(lib, {_target(name): symbol for name, symbol in _TARGETS.items()})
-    return True
+    return native.enable(SOURCE, {_target(name): symbol for name, symbol in _TARGETS.items()}, SWITCH_ENV,
+                         "oneDNN convolutions off, XLA's used instead", ["-ldnnl"],
+                         "oneDNN's headers or library not found (install libdnnl-dev)",
+                         # OpenMP threads sleep between calls instead of spinning on cores that XLA's
+                         # threads need (read when OpenMP starts, so only where nothing started it before)
+                         env_defaults={"OMP_WAIT_POLICY": "PASSIVE"})
 
 
 def _target(name: str) -> str:
