@@ -9,7 +9,8 @@ for each core count c, pins a fresh process to c cores (``sched_setaffinity``) a
 images/s of: the eval path (decode + resize to 640x640) and the training pipeline of ``--config``
 (default ``dfine_l``) in its three phases: Mosaic (e0 <= epoch < e1: 50% Mosaic of 4 images,
 photometric, zoom-out, IoU crop, flip, resize, MixUp, multi-scale), no-Mosaic (e1 <= epoch < e2)
-and no-aug. deim_jax runs with TensorFlow's thread pools and ``num_parallel_calls`` set to c; the
+and no-aug. deim_jax runs with the trainer's TensorFlow settings (``sources.configure_tf``: one
+thread per op; TensorFlow sizes its pools from the pinned cores) and ``num_parallel_calls`` = c; the
 official DataLoader (``deim_jax/tools/official_pipeline.py``, same YAML recipe, same files, same
 cores) runs in the main process with one torch thread for c = 1 and with c worker processes
 otherwise. The two alternate for ``--rounds`` rounds (this machine's speed drifts by tens of
@@ -71,9 +72,9 @@ def make_set(root, num):
 def measure_ours(c, imgs, ann, cores):
     """{row name: images/s} of deim_jax's pipelines in this (pinned) process."""
     import tensorflow as tf
-    tf.config.threading.set_inter_op_parallelism_threads(cores)
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
     from deim_jax import data
+    from deim_jax.data import sources
+    sources.configure_tf()   # as the trainer does, before TensorFlow's runtime starts
     from deim_jax.data import transforms as T
 
     batches, batch = _BATCHES.value, _BATCH.value

@@ -3,6 +3,8 @@ multi-process sharding, bad files, eval padding."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -221,3 +223,20 @@ def test_strict_files_lists_missing_and_unreadable_files_at_load(root, tmp_path)
     open(os.path.join(val, sorted(os.listdir(val))[0]), "wb").write(b"\x89PNG broken")
     with pytest.raises(DataError, match=r"1 of 10 val image files"):
         data.load_split(strict, "val")
+
+
+def test_trainer_order_sets_tensorflow_up_for_the_pipeline(root):
+    """In a fresh process, as the trainer calls them (records, then the iterator), TensorFlow ends up
+    with one thread per op and no GPUs, whatever the machine."""
+    code = f"""
+import sys; sys.path.insert(0, {os.getcwd()!r})
+from tests.test_data_pipeline import make_config
+from deim_jax import data
+d = make_config({root!r})
+it = data.build_train_iterator(d, records=data.load_split(d, "train"))
+next(it)
+import tensorflow as tf
+print("intra", tf.config.threading.get_intra_op_parallelism_threads(), "gpus", len(tf.config.get_visible_devices("GPU")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-4:] == ["intra", "1", "gpus", "0"], out

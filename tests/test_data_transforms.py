@@ -149,11 +149,15 @@ def test_resize_close_to_pil():
 
 
 def test_nearest_batch_resize_matches_torch():
+    """Every size of the official list (736 is one where floor(dst * in / out) computed exactly picks
+    other pixels than torch's float32 floor(dst * (in / out))), on float32 and on uint8."""
     x = np.random.default_rng(1).random((2, 640, 640, 3)).astype(np.float32)
-    for s in (480, 800, 672):
+    for s in sorted(set(batch_ops.multiscale_scales(640, 1)) - {640}):
         ours = np.asarray(batch_ops.nearest_resize_batch(tf.constant(x), s))
         ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(s, s)).permute(0, 2, 3, 1).numpy()
-        np.testing.assert_array_equal(ours, ref)
+        np.testing.assert_array_equal(ours, ref, err_msg=f"size {s}")
+        as_uint8 = np.asarray(batch_ops.nearest_resize_batch(tf.constant((x * 255).astype(np.uint8)), s))
+        np.testing.assert_array_equal(as_uint8, (ref * 255).astype(np.uint8), err_msg=f"size {s}, uint8")
 
 
 def test_multiscale_scales_official():

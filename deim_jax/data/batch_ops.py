@@ -1,13 +1,11 @@
-"""Batch ops of the Dense O2O pipeline as TensorFlow ops (deim_dfine.md §8.5): MixUp and
-multi-scale resizing of a whole batch ``image`` [B, H, W, 3] float32."""
+"""Batch ops of the Dense O2O pipeline as TensorFlow ops (deim_dfine.md §8.5): MixUp of a whole batch
+``image`` [B, H, W, 3] float32 and its multi-scale (nearest) resize."""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
 from deim_jax.data.transforms import split_seed, uniform
-
-_f32 = tf.float32
 
 
 def mixup(batch, seed, prob: float = 0.5, active=True):
@@ -61,8 +59,7 @@ def multiscale_scales(base_size: int = 640, base_size_repeat=None):
 
 
 def nearest_resize_batch(images, size):
-    """PyTorch legacy 'nearest' F.interpolate on a batch [B,H,W,C] -> [B,size,size,C]."""
-    h, w = tf.shape(images)[1], tf.shape(images)[2]
-    iy = tf.cast(tf.floor(tf.cast(tf.range(size), _f32) * tf.cast(h, _f32) / tf.cast(size, _f32)), tf.int32)
-    ix = tf.cast(tf.floor(tf.cast(tf.range(size), _f32) * tf.cast(w, _f32) / tf.cast(size, _f32)), tf.int32)
-    return tf.gather(tf.gather(images, tf.minimum(iy, h - 1), axis=1), tf.minimum(ix, w - 1), axis=2)
+    """PyTorch legacy 'nearest' F.interpolate on a batch [B,H,W,C] of any dtype -> [B,size,size,C]:
+    source index floor(dst * float32(in / out)), which TensorFlow's legacy kernel computes the same way."""
+    return tf.raw_ops.ResizeNearestNeighbor(images=images, size=tf.stack([size, size]), align_corners=False,
+                                            half_pixel_centers=False)

@@ -56,7 +56,7 @@ from deim_jax.data import coco as coco_lib
 from deim_jax.data import batch_ops, epoch_policy
 from deim_jax.data import photometric
 from deim_jax.data import transforms as T
-from deim_jax.data.sources import hide_gpus_from_tf, load_split
+from deim_jax.data.sources import configure_tf, load_split
 from deim_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
         img, boxes = T.resize(img, boxes, size, size)
         boxes, labels = T.sanitize(boxes, labels, size, size)
         b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, pc["max_boxes"])
-        img = img / 255.0
+        img = tf.cast(img, tf.uint8)   # exact: whole values 0..255 (the resize rounds); /255 per batch
         img.set_shape([size, size, 3])
         return {"image": img, "boxes": b, "labels": l, "mask": m,
                 "num_dropped_boxes": tf.cast(dropped, tf.int32),
@@ -161,18 +161,20 @@ def train_batch_fn(pc: dict, seed: int, process_index: int = 0):
     multiscale = pc["base_size_repeat"] is not None
 
     def fn(batch):
+        """uint8 examples -> float32 batch in [0, 1]: official order MixUp, then multi-scale; the nearest
+        resize is a gather, so it runs first, on uint8, with the same result."""
         epoch, first = batch["epoch"][0], batch["pos"][0]
         s = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(
                 tf.constant([seed, 2 * process_index + 1], tf.int64), epoch), first)
         s = T.split_seed(s, 2)
-        batch = batch_ops.mixup(batch, s[0], pc["mixup_prob"], epoch_policy.within(windows["mixup"], epoch))
+        img = batch["image"]
         if multiscale:
             k = tf.random.stateless_uniform([], s[1], 0, tf.shape(scales)[0], tf.int32)
             sz = tf.where(epoch_policy.within(windows["multiscale"], epoch), scales[k], pc["image_size"])
-            batch["image"] = tf.cond(sz == pc["image_size"], lambda: batch["image"],
-                                     lambda: batch_ops.nearest_resize_batch(batch["image"], sz))
-        return batch
+            img = tf.cond(sz == pc["image_size"], lambda: img, lambda: batch_ops.nearest_resize_batch(img, sz))
+        batch = dict(batch, image=tf.cast(img, tf.float32) / 255.0)
+        return batch_ops.mixup(batch, s[0], pc["mixup_prob"], epoch_policy.within(windows["mixup"], epoch))
 
     return fn
 
@@ -194,7 +196,7 @@ class TrainIterator:
     ``num_dropped_boxes`` (beyond max_boxes), cumulative since construction."""
 
     def __init__(self, d, records, seed, state, process_index, process_count):
-        hide_gpus_from_tf()
+        configure_tf()
         self.pc = policy_config(d)
         gb = int(d.batch_size)
         if gb % process_count:
@@ -231,7 +233,7 @@ class TrainIterator:
         ds = ds.map(self._ex_fn, num_parallel_calls=self.workers, deterministic=True)
         ds = ds.ignore_errors(log_warning=True)
         ds = ds.batch(self.local_batch, drop_remainder=True)
-        ds = ds.map(self._b_fn, num_parallel_calls=1, deterministic=True)
+        ds = ds.map(self._b_fn, num_parallel_calls=self.workers, deterministic=True)
         ds = ds.take(self.steps_per_epoch - st["step_in_epoch"])
         ds = ds.prefetch(self.prefetch)
         opts = tf.data.Options()
@@ -309,7 +311,7 @@ def steps_per_epoch(d, records=None) -> int:
 def build_eval_dataset(d, process_index: int = 0, process_count: int = 1, records=None):
     """tf.data.Dataset of local eval batches; every image appears exactly once over all
     processes (``valid`` False on padding and on unreadable files)."""
-    hide_gpus_from_tf()
+    configure_tf()
     records = records if records is not None else load_split(d, "val")
     size, max_boxes, gb = int(d.eval_size), int(d.max_boxes), int(d.eval_batch_size)
     if gb % process_count:

@@ -28,18 +28,24 @@ log = logging.getLogger(__name__)
 
 MAX_LISTED = 20  # bad files named in the strict_files error
 
-_HIDDEN = False
+_CONFIGURED = False
 
 
-def hide_gpus_from_tf():
-    """Keep TensorFlow off the accelerators (they belong to JAX); once per process."""
-    global _HIDDEN
-    if not _HIDDEN:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:
-            pass
-        _HIDDEN = True
+def configure_tf():
+    """Set TensorFlow up for the input pipelines, once per process: no accelerators (they belong to
+    JAX) and one thread per op. The pipelines run examples (and batches) in parallel through tf.data,
+    and an op that splits one image over threads costs more than it saves (2 cores, Mosaic phase:
+    about 17% more images/s with one thread per op). Takes effect only before TensorFlow's runtime
+    starts; later calls leave it as it is."""
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    _CONFIGURED = True
+    try:
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError:
+        log.debug("TensorFlow's runtime had started: its device and thread settings stay as they are")
 
 
 def load_split(d, split: str, missing: Optional[str] = None) -> coco_lib.CocoRecords:
@@ -47,6 +53,7 @@ def load_split(d, split: str, missing: Optional[str] = None) -> coco_lib.CocoRec
 
     ``missing``: what to do with missing image files ('drop' or 'error'; default: 'drop' for
     train, 'error' for val); ignored with ``d.strict_files`` (every bad file is an error)."""
+    configure_tf()   # reading a TFDS export may start TensorFlow's runtime
     fmt = formats.detect(d)
     missing = missing or ("drop" if split == "train" else "error")
     read = _read_folder_set if fmt in ("yolo", "voc") else _read_coco
@@ -85,7 +92,7 @@ def _read_folder_set(d, fmt: str, split: str, missing: str):
 
 def undecodable(paths: Sequence[str]) -> List[int]:
     """Indices of the ``paths`` that the pipeline cannot read or decode (missing files included)."""
-    hide_gpus_from_tf()
+    configure_tf()
 
     def decode(i, path):
         return i, tf.shape(T.decode_image(tf.io.read_file(path), tf.uint8))  # the shape keeps the decode
