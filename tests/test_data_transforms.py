@@ -293,6 +293,8 @@ def test_fast_forms_equal_the_tensorflow_ops():
             images=tf.constant(x)[None], transforms=tr[None], output_shape=[h, w], fill_value=0.0,
             interpolation="NEAREST", fill_mode="CONSTANT")[0]
         np.testing.assert_array_equal(T._nearest_affine(tf.constant(x), lin, off, 0.0).numpy(), ref.numpy())
+        np.testing.assert_array_equal(T._nearest_affine(tf.constant(x), lin, off, 0.0, mirror=tf.constant(True)),
+                                      ref.numpy()[:, ::-1])
         perm = rng.permutation(3)
         np.testing.assert_array_equal(photometric.permute_channels(tf.constant(x, tf.float32), perm).numpy(),
                                       x[..., perm].astype(np.float32))
@@ -312,5 +314,9 @@ def test_zoom_out_iou_crop_equals_the_two_ops():
         ours = T.zoom_out_iou_crop(img, boxes, labels, zs, cs)
         for a, b in zip(ours, ref):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
+        # from the mirrored image: the mirrored window, the same (unmirrored) boxes
+        mirrored = T.zoom_out_iou_crop(tf.reverse(img, [1]), boxes, labels, zs, cs, mirrored=tf.constant(True))
+        np.testing.assert_array_equal(mirrored[0].numpy(), ref[0].numpy()[:, ::-1])
+        np.testing.assert_array_equal(mirrored[1].numpy(), ref[1].numpy())
     window = T._canvas_window(tf.ones([4, 4, 3], tf.uint8), 10, 10, 0, 0, 5, 5, 0)  # beside the image
     assert window.shape == (5, 5, 3) and int(tf.reduce_sum(tf.cast(window, tf.int32))) == 0

@@ -116,24 +116,25 @@ def train_example_fn(tables: _Tables, pc: dict, seed: int, process_index: int = 
         s = T.split_seed(s, 8)
         in_policy = epoch_policy.within(windows["augment"], epoch)
         with_mosaic = epoch_policy.within(windows["mosaic"], epoch) & (T.uniform(s[0]) <= pc["mosaic_prob"])
+        flip = T.uniform(s[6]) < 0.5   # RandomHorizontalFlip's draw; the image is mirrored early (hflip_boxes)
         img, boxes, labels = tables.load(idx)
 
         def do_mosaic():
             others = tf.random.stateless_uniform([3], s[1], 0, tables.n, tf.int32)
             items = [(img, boxes, labels)] + [tables.load(others[k]) for k in range(3)]
             return T.mosaic([x[0] for x in items], [x[1] for x in items], [x[2] for x in items],
-                            s[2], size=pc["mosaic_size"])
+                            s[2], size=pc["mosaic_size"], mirror=flip)
 
-        img, boxes, labels = tf.cond(with_mosaic, do_mosaic, lambda: (img, boxes, labels))
+        img, boxes, labels = tf.cond(with_mosaic, do_mosaic, lambda: (T.mirror_if(img, flip), boxes, labels))
         img = tf.cast(img, tf.float32)   # uint8 through the gathers and pads, float from the first arithmetic
         img = tf.cond(in_policy, lambda: photometric.photometric_distort(img, s[3]), lambda: img)
 
         img, boxes, labels = tf.cond(in_policy & ~with_mosaic,
-                                     lambda: T.zoom_out_iou_crop(img, boxes, labels, s[4], s[5]),
+                                     lambda: T.zoom_out_iou_crop(img, boxes, labels, s[4], s[5], mirrored=flip),
                                      lambda: (img, boxes, labels))
         h, w = T.image_hw(img)
         boxes, labels = T.sanitize(boxes, labels, h, w)
-        img, boxes = T.hflip(img, boxes, s[6])
+        boxes = T.hflip_boxes(boxes, w, flip)
         img, boxes = T.resize(img, boxes, size, size)
         boxes, labels = T.sanitize(boxes, labels, size, size)
         b, l, m, dropped = T.to_padded_cxcywh(boxes, labels, size, size, pc["max_boxes"])

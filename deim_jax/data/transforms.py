@@ -94,11 +94,22 @@ def sanitize(boxes, labels, h, w, min_size: float = 1.0):
 
 def hflip(img, boxes, seed, p: float = 0.5):
     """RandomHorizontalFlip(p)."""
-    w = tf.cast(tf.shape(img)[1], _f32)
     do = uniform(seed) < p
-    img = tf.cond(do, lambda: tf.reverse(img, [1]), lambda: img)
+    return mirror_if(img, do), hflip_boxes(boxes, tf.shape(img)[1], do)
+
+
+def mirror_if(img, do):
+    """``img`` mirrored left-right where ``do`` (a bool tensor)."""
+    return tf.cond(do, lambda: tf.reverse(img, [1]), lambda: img)
+
+
+def hflip_boxes(boxes, w, do):
+    """The boxes of an image of width ``w`` mirrored left-right where ``do``. Mirroring commutes with
+    the photometric ops (per pixel, and contrast's mean is exact in any order) and can be folded into
+    Mosaic's gather or a crop window, so the pipeline mirrors images early, on uint8, and boxes here."""
+    w = tf.cast(w, _f32)
     flipped = tf.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
-    return img, tf.where(do, flipped, boxes)
+    return tf.where(do, flipped, boxes)
 
 
 def _zoom_out_placement(h, w, seed, p, side_range):
@@ -134,14 +145,20 @@ def zoom_out(img, boxes, seed, p: float = 0.5, side_range=(1.0, 4.0), fill: floa
 
 
 def zoom_out_iou_crop(img, boxes, labels, zoom_seed, crop_seed, p: float = 0.5, side_range=(1.0, 4.0),
-                      fill: float = 0.0):
+                      fill: float = 0.0, mirrored=False):
     """``iou_crop(*zoom_out(img, boxes, zoom_seed), labels, crop_seed)``, identical output, without
-    building the zoomed-out canvas (up to 4x4 times the image): only the crop window is made."""
-    ch, cw, top, left = _zoom_out_placement(*image_hw(img), zoom_seed, p, side_range)
+    building the zoomed-out canvas (up to 4x4 times the image): only the crop window is made.
+    ``mirrored`` (bool tensor): ``img`` is the mirror image of the one ``boxes`` describe; the window
+    is then cut mirrored (the output is the mirror image of the plain one; boxes are not mirrored)."""
+    h, w = image_hw(img)
+    ch, cw, top, left = _zoom_out_placement(h, w, zoom_seed, p, side_range)
     boxes = boxes + tf.cast(tf.stack([left, top, left, top]), _f32)
     use, crop, keep = _iou_crop_choice(ch, cw, boxes, crop_seed)
-    window = tf.where(use, tf.cast(crop, tf.int32), tf.stack([0, 0, cw, ch]))
-    out = _canvas_window(img, top, left, window[1], window[0], window[3], window[2], fill)
+    x0, y0, x1, y1 = tf.unstack(tf.where(use, tf.cast(crop, tf.int32), tf.stack([0, 0, cw, ch])))
+    mirrored = tf.convert_to_tensor(mirrored)
+    left, x0, x1 = (tf.where(mirrored, cw - left - w, left), tf.where(mirrored, cw - x1, x0),
+                    tf.where(mirrored, cw - x0, x1))
+    out = _canvas_window(img, top, left, y0, x0, y1, x1, fill)
     boxes, labels = tf.cond(use, lambda: _crop_boxes(boxes, labels, crop, keep), lambda: (boxes, labels))
     return out, boxes, labels
 
@@ -228,12 +245,14 @@ def affine_matrix(angle_deg, tx, ty, scale, w, h):
                      [sin, cos, cy + ty - sin * cx - cos * cy]])
 
 
-def _nearest_affine(img, lin, off, fill):
+def _nearest_affine(img, lin, off, fill, mirror=False):
     """out[y, x] = img[round(lin @ (x, y) + off)] (half away from zero), ``fill`` outside: the
     arithmetic of TensorFlow's ImageProjectiveTransform (NEAREST, CONSTANT) as one gather.
-    With t = v + 0.5, round(v) is inside [0, n) exactly when 0 < t < n, and is then trunc(t)."""
+    With t = v + 0.5, round(v) is inside [0, n) exactly when 0 < t < n, and is then trunc(t).
+    ``mirror`` (bool tensor): output columns in reverse order (the output mirrored, at no cost)."""
     h, w = image_hw(img)
-    xs = tf.cast(tf.range(w), _f32)[None, :]
+    xs = tf.range(w)
+    xs = tf.cast(tf.where(mirror, w - 1 - xs, xs), _f32)[None, :]
     ys = tf.cast(tf.range(h), _f32)[:, None]
 
     def shifted(row):           # v + 0.5 on the [h, w] grid, v summed in the kernel's order
@@ -247,9 +266,10 @@ def _nearest_affine(img, lin, off, fill):
 
 
 def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0.5, 1.5),
-                  fill: float = 0.0):
+                  fill: float = 0.0, mirror=False):
     """torchvision RandomAffine (nearest, fill 0, centre = canvas centre) on image and boxes:
-    box corners are mapped, enclosed and clamped to the (unchanged) canvas."""
+    box corners are mapped, enclosed and clamped to the (unchanged) canvas. ``mirror``: the image
+    comes out mirrored left-right (boxes do not)."""
     s = split_seed(seed, 4)
     h, w = image_hw(img)
     fh, fw = tf.cast(h, _f32), tf.cast(w, _f32)
@@ -262,7 +282,7 @@ def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0
     inv = tf.linalg.inv(lin)
     # output index (x, y) has continuous centre (x+.5, y+.5); input index = continuous - .5
     off = tf.linalg.matvec(inv, tf.constant([0.5, 0.5]) - m[:, 2]) - 0.5
-    out = _nearest_affine(img, inv, off, fill)
+    out = _nearest_affine(img, inv, off, fill, mirror)
     corners = tf.stack([tf.stack([boxes[:, 0], boxes[:, 1]], -1), tf.stack([boxes[:, 2], boxes[:, 1]], -1),
                         tf.stack([boxes[:, 0], boxes[:, 3]], -1), tf.stack([boxes[:, 2], boxes[:, 3]], -1)], 1)
     pc = tf.einsum("ij,nkj->nki", lin, corners) + m[:, 2]
@@ -276,7 +296,7 @@ def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0
 def mosaic(imgs, boxes_list, labels_list, seed, size: int = 320, **affine_kw):
     """Mosaic of 4 (image, boxes, labels): each resized (short side -> size), pasted at
     (0,0), (max_w,0), (0,max_h), (max_w,max_h) of a black 2max_h x 2max_w canvas, then
-    RandomAffine. Returns (image, boxes, labels)."""
+    RandomAffine (``mirror=`` in ``affine_kw`` mirrors the image). Returns (image, boxes, labels)."""
     rs = [resize_short_side(im, b, size) for im, b in zip(imgs, boxes_list)]
     hs = tf.stack([tf.shape(r[0])[0] for r in rs])
     ws = tf.stack([tf.shape(r[0])[1] for r in rs])
