@@ -241,6 +241,18 @@ def test_corrupt_bytes_raise():
         T.decode_image(tf.constant(b"not an image at all"))
 
 
+def test_gray_is_pils_integer_formula_for_every_color():
+    """The float32 grey image (weights over 2^16, + 0.5, floor) equals PIL's integer "L" formula on all
+    2^24 RGB triples, as product and as matrix-vector product."""
+    g, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    for r0 in range(0, 256, 32):
+        rgb = np.stack(np.broadcast_arrays(np.arange(r0, r0 + 32)[:, None, None], g[None], b[None]), -1).reshape(-1, 3)
+        want = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 32768) >> 16
+        x = tf.constant(rgb, tf.float32)
+        np.testing.assert_array_equal(photometric._gray(x).numpy(), want)
+        np.testing.assert_array_equal(photometric._gray_rgb(x).numpy(), np.repeat(want[:, None], 3, 1))
+
+
 def test_photometric_ops_match_pil_imageenhance():
     """The official ops run on PIL images: ImageEnhance Brightness / Contrast / Color, computed
     exactly (demo scenes, noise, few-level images; random factors of the official ranges)."""
@@ -295,9 +307,35 @@ def test_fast_forms_equal_the_tensorflow_ops():
         np.testing.assert_array_equal(T._nearest_affine(tf.constant(x), lin, off, 0.0).numpy(), ref.numpy())
         np.testing.assert_array_equal(T._nearest_affine(tf.constant(x), lin, off, 0.0, mirror=tf.constant(True)),
                                       ref.numpy()[:, ::-1])
+        np.testing.assert_array_equal(T._nearest_affine(tf.constant(x.transpose(1, 0, 2)), lin, off, 0.0,
+                                                        transposed=True), ref.numpy())
         perm = rng.permutation(3)
         np.testing.assert_array_equal(photometric.permute_channels(tf.constant(x, tf.float32), perm).numpy(),
                                       x[..., perm].astype(np.float32))
+
+
+def test_mosaic_from_transposed_cells_equals_the_plain_canvas():
+    """Mosaic builds its cells and canvas transposed; the result is that of the plain recipe (cells
+    resized, padded to the largest, a 2x2 canvas, RandomAffine), landscape and portrait mixed."""
+    rng = np.random.default_rng(3)
+    for k in range(6):
+        imgs = [tf.constant(rng.integers(0, 256, (*rng.integers(30, 90, 2), 3)).astype(np.uint8)) for _ in range(4)]
+        boxes = [tf.constant([[2.0, 3.0, 20.0, 25.0]]) for _ in range(4)]
+        labels = [tf.constant([i]) for i in range(4)]
+        seed, mirror = tf.constant([k, 9], tf.int64), tf.constant(k % 2 == 1)
+        cells = [T.resize_short_side(im, b, 24) for im, b in zip(imgs, boxes)]
+        mh = max(int(c[0].shape[0]) for c in cells)
+        mw = max(int(c[0].shape[1]) for c in cells)
+        canvas = np.zeros((2 * mh, 2 * mw, 3), np.uint8)
+        for i, (c, _) in enumerate(cells):
+            y, x = (i // 2) * mh, (i % 2) * mw
+            canvas[y:y + c.shape[0], x:x + c.shape[1]] = c.numpy()
+        shifted = tf.concat([b + [(i % 2) * mw, (i // 2) * mh] * 2 for i, (_, b) in enumerate(cells)], 0)
+        ref_img, ref_boxes = T.random_affine(tf.constant(canvas), shifted, seed, mirror=mirror)
+        img, out_boxes, out_labels = T.mosaic(imgs, boxes, labels, seed, size=24, mirror=mirror)
+        np.testing.assert_array_equal(img.numpy(), ref_img.numpy())
+        np.testing.assert_array_equal(out_boxes.numpy(), ref_boxes.numpy())
+        assert out_labels.numpy().tolist() == [0, 1, 2, 3]
 
 
 def test_zoom_out_iou_crop_equals_the_two_ops():

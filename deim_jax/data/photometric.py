@@ -17,20 +17,22 @@ from deim_jax.data.transforms import split_seed, uniform
 _f32 = tf.float32
 
 
-_L_WEIGHTS = (19595.0, 38470.0, 7471.0)
+# PIL's "L" weights over 2^16: (R*19595 + G*38470 + B*7471 + 2^15) >> 16 = floor(RGB . w + 0.5). For
+# integer RGB every product and partial sum is a multiple of 2^-16 below 256, and so is the sum + 0.5:
+# float32 holds all of them exactly, in any order of summation.
+_L_WEIGHTS = (19595.0 / 65536.0, 38470.0 / 65536.0, 7471.0 / 65536.0)
 
 
 def _gray(img):
-    """PIL's "L" conversion of integer RGB, (R*19595 + G*38470 + B*7471 + 2^15) >> 16: [H, W].
-    Every partial sum is an integer below 2^24, so float32 computes it exactly in any order."""
-    return tf.floor((tf.linalg.matvec(img, tf.constant(_L_WEIGHTS, _f32)) + 32768.0) / 65536.0)
+    """PIL's "L" conversion of integer RGB [H, W, 3]: [H, W]."""
+    return tf.floor(tf.linalg.matvec(img, tf.constant(_L_WEIGHTS, _f32)) + 0.5)
 
 
 def _gray_rgb(img):
     """``_gray`` repeated over the 3 channels, [H, W, 3], made by one product with the weights in
     every column (TensorFlow runs a broadcast of [H, W, 1] 5x slower than a plain elementwise op)."""
     weights = tf.tile(tf.constant(_L_WEIGHTS, _f32)[:, None], [1, 3])
-    return tf.reshape(tf.floor((tf.reshape(img, [-1, 3]) @ weights + 32768.0) / 65536.0), tf.shape(img))
+    return tf.reshape(tf.floor(tf.reshape(img, [-1, 3]) @ weights + 0.5), tf.shape(img))
 
 
 def _blend(degenerate, img, f):
@@ -39,8 +41,8 @@ def _blend(degenerate, img, f):
 
 
 def adjust_brightness(img, f):
-    """PIL ImageEnhance.Brightness: blend with black."""
-    return _blend(0.0, img, f)
+    """PIL ImageEnhance.Brightness: blend with black, 0 + f * (img - 0) = f * img (>= 0: no lower clip)."""
+    return tf.floor(tf.minimum(f * img, 255.0))
 
 
 def adjust_contrast(img, f):

@@ -72,14 +72,32 @@ def resize(img, boxes, h, w):
     return out, boxes * tf.stack([sx, sy, sx, sy])
 
 
-def resize_short_side(img, boxes, size: int):
-    """torchvision ``Resize(size)``: shorter side -> size, longer = int(size * long / short)."""
+def _short_side_size(img, size: int):
+    """torchvision ``Resize(size)``'s output (h, w): shorter side -> size, longer = int(size * long / short)."""
     ih, iw = image_hw(img)
     fh, fw = tf.cast(ih, _f32), tf.cast(iw, _f32)
     w_short = iw <= ih
     nh = tf.where(w_short, tf.cast(tf.floor(size * fh / fw), tf.int32), size)
     nw = tf.where(w_short, size, tf.cast(tf.floor(size * fw / fh), tf.int32))
-    return resize(img, boxes, nh, nw)
+    return nh, nw
+
+
+def resize_short_side(img, boxes, size: int):
+    """torchvision ``Resize(size)``: shorter side -> size, longer = int(size * long / short)."""
+    return resize(img, boxes, *_short_side_size(img, size))
+
+
+def resize_short_side_transposed(img, boxes, size: int):
+    """``resize_short_side`` with the image returned transposed, [w, h, C]: the resize's last step
+    (the transpose back after its column pass) is left out, for a consumer that can read it so."""
+    ih, iw = image_hw(img)
+    h, w = _short_side_size(img, size)
+    out = tf.cast(img, _f32)
+    out = tf.cond(h == ih, lambda: out, lambda: _resize_rows(out, h))
+    out = tf.transpose(out, [1, 0, 2])
+    out = tf.cond(w == iw, lambda: out, lambda: _resize_rows(out, w))
+    sx, sy = tf.cast(w, _f32) / tf.cast(iw, _f32), tf.cast(h, _f32) / tf.cast(ih, _f32)
+    return tf.cast(tf.round(out), img.dtype), boxes * tf.stack([sx, sy, sx, sy])
 
 
 def sanitize(boxes, labels, h, w, min_size: float = 1.0):
@@ -245,12 +263,13 @@ def affine_matrix(angle_deg, tx, ty, scale, w, h):
                      [sin, cos, cy + ty - sin * cx - cos * cy]])
 
 
-def _nearest_affine(img, lin, off, fill, mirror=False):
+def _nearest_affine(img, lin, off, fill, mirror=False, transposed: bool = False):
     """out[y, x] = img[round(lin @ (x, y) + off)] (half away from zero), ``fill`` outside: the
     arithmetic of TensorFlow's ImageProjectiveTransform (NEAREST, CONSTANT) as one gather.
     With t = v + 0.5, round(v) is inside [0, n) exactly when 0 < t < n, and is then trunc(t).
-    ``mirror`` (bool tensor): output columns in reverse order (the output mirrored, at no cost)."""
-    h, w = image_hw(img)
+    ``mirror`` (bool tensor): output columns in reverse order (the output mirrored, at no cost).
+    ``transposed``: ``img`` is given as [W, H, C] (the output is [H, W, C] all the same)."""
+    h, w = image_hw(img)[::-1] if transposed else image_hw(img)
     xs = tf.range(w)
     xs = tf.cast(tf.where(mirror, w - 1 - xs, xs), _f32)[None, :]
     ys = tf.cast(tf.range(h), _f32)[:, None]
@@ -261,17 +280,18 @@ def _nearest_affine(img, lin, off, fill, mirror=False):
     tx, ty = shifted(0), shifted(1)
     inside = (tx > 0) & (tx < tf.cast(w, _f32)) & (ty > 0) & (ty < tf.cast(h, _f32))
     flat = tf.concat([tf.reshape(img, [-1, 3]), tf.fill([1, 3], tf.cast(fill, img.dtype))], 0)
-    index = tf.cast(ty, tf.int32) * w + tf.cast(tx, tf.int32)
+    ty, tx = tf.cast(ty, tf.int32), tf.cast(tx, tf.int32)
+    index = tx * h + ty if transposed else ty * w + tx
     return tf.gather(flat, tf.where(inside, index, h * w))
 
 
 def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0.5, 1.5),
-                  fill: float = 0.0, mirror=False):
+                  fill: float = 0.0, mirror=False, transposed: bool = False):
     """torchvision RandomAffine (nearest, fill 0, centre = canvas centre) on image and boxes:
     box corners are mapped, enclosed and clamped to the (unchanged) canvas. ``mirror``: the image
-    comes out mirrored left-right (boxes do not)."""
+    comes out mirrored left-right (boxes do not). ``transposed``: ``img`` is given as [W, H, C]."""
     s = split_seed(seed, 4)
-    h, w = image_hw(img)
+    h, w = image_hw(img)[::-1] if transposed else image_hw(img)
     fh, fw = tf.cast(h, _f32), tf.cast(w, _f32)
     angle = uniform(s[0], (), -degrees, degrees)
     tx = tf.round(uniform(s[1], (), -translate[0] * fw, translate[0] * fw))
@@ -282,7 +302,7 @@ def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0
     inv = tf.linalg.inv(lin)
     # output index (x, y) has continuous centre (x+.5, y+.5); input index = continuous - .5
     off = tf.linalg.matvec(inv, tf.constant([0.5, 0.5]) - m[:, 2]) - 0.5
-    out = _nearest_affine(img, inv, off, fill, mirror)
+    out = _nearest_affine(img, inv, off, fill, mirror, transposed)
     corners = tf.stack([tf.stack([boxes[:, 0], boxes[:, 1]], -1), tf.stack([boxes[:, 2], boxes[:, 1]], -1),
                         tf.stack([boxes[:, 0], boxes[:, 3]], -1), tf.stack([boxes[:, 2], boxes[:, 3]], -1)], 1)
     pc = tf.einsum("ij,nkj->nki", lin, corners) + m[:, 2]
@@ -296,20 +316,22 @@ def random_affine(img, boxes, seed, degrees=10.0, translate=(0.1, 0.1), scale=(0
 def mosaic(imgs, boxes_list, labels_list, seed, size: int = 320, **affine_kw):
     """Mosaic of 4 (image, boxes, labels): each resized (short side -> size), pasted at
     (0,0), (max_w,0), (0,max_h), (max_w,max_h) of a black 2max_h x 2max_w canvas, then
-    RandomAffine (``mirror=`` in ``affine_kw`` mirrors the image). Returns (image, boxes, labels)."""
-    rs = [resize_short_side(im, b, size) for im, b in zip(imgs, boxes_list)]
-    hs = tf.stack([tf.shape(r[0])[0] for r in rs])
-    ws = tf.stack([tf.shape(r[0])[1] for r in rs])
+    RandomAffine (``mirror=`` in ``affine_kw`` mirrors the image). Returns (image, boxes, labels).
+    The cells and the canvas are built transposed ([w, h, C]; the affine gather reads them so),
+    which saves each cell's transpose back."""
+    rs = [resize_short_side_transposed(im, b, size) for im, b in zip(imgs, boxes_list)]
+    ws = tf.stack([tf.shape(r[0])[0] for r in rs])
+    hs = tf.stack([tf.shape(r[0])[1] for r in rs])
     mh, mw = tf.reduce_max(hs), tf.reduce_max(ws)
     cells, out_boxes = [], []
     for k, (im, b) in enumerate(rs):
         ox, oy = (k % 2) * mw, (k // 2) * mh
-        cells.append(tf.pad(im, [[0, mh - tf.shape(im)[0]], [0, mw - tf.shape(im)[1]], [0, 0]]))
+        cells.append(tf.pad(im, [[0, mw - tf.shape(im)[0]], [0, mh - tf.shape(im)[1]], [0, 0]]))
         out_boxes.append(b + tf.cast(tf.stack([ox, oy, ox, oy]), _f32))
-    canvas = tf.concat([tf.concat(cells[:2], 1), tf.concat(cells[2:], 1)], 0)
+    canvas_t = tf.concat([tf.concat(cells[0::2], 1), tf.concat(cells[1::2], 1)], 0)   # [2mw, 2mh, C]
     boxes = tf.concat(out_boxes, 0)
     labels = tf.concat(list(labels_list), 0)
-    img, boxes = random_affine(canvas, boxes, seed, **affine_kw)
+    img, boxes = random_affine(canvas_t, boxes, seed, transposed=True, **affine_kw)
     return img, boxes, labels
 
 
