@@ -3,8 +3,8 @@
 Every function works on one example inside ``tf.data``: ``image`` [H, W, 3] uint8, or float32
 holding uint8 values 0..255 (the official pipeline works on PIL uint8 images until
 ``ConvertPILImage``; we round and clip after every op that PIL would quantize); every op returns
-the dtype it was given (the pipeline keeps uint8 until the final /255), ``boxes`` float32 [N, 4] absolute
-pixel **xyxy**, ``labels`` int32 [N]. Randomness is stateless: every op takes a ``seed``
+the dtype it was given (examples leave the pipeline's map as uint8; /255 is per batch), ``boxes``
+float32 [N, 4] absolute pixel **xyxy**, ``labels`` int32 [N]. Randomness is stateless: every op takes a ``seed``
 (int32/int64 [2] tensor) so the same seed gives the same output on any machine or thread.
 
 Official op order (§8.2): Mosaic -> RandomPhotometricDistort (``photometric.py``) ->
