@@ -60,44 +60,33 @@ def _resize_rows(img, h):
     return tf.reshape(out, [h, s[1], s[2]])
 
 
-def resize(img, boxes, h, w):
-    """Resize to (h, w) ignoring aspect ratio (bilinear + antialias, rounded); boxes scaled."""
+def resize(img, boxes, h, w, transposed: bool = False):
+    """Resize to (h, w) ignoring aspect ratio (bilinear + antialias, rounded); boxes scaled.
+    ``transposed``: the image comes out as [w, h, C], without the transpose back after the column
+    pass (for a consumer that reads it so, as Mosaic's gather does)."""
     ih, iw = image_hw(img)
     out = tf.cast(img, _f32)
     out = tf.cond(h == ih, lambda: out, lambda: _resize_rows(out, h))
-    out = tf.cond(w == iw, lambda: out, lambda: tf.transpose(_resize_rows(tf.transpose(out, [1, 0, 2]), w), [1, 0, 2]))
+    if transposed:
+        out = tf.transpose(out, [1, 0, 2])
+        out = tf.cond(w == iw, lambda: out, lambda: _resize_rows(out, w))
+    else:
+        out = tf.cond(w == iw, lambda: out,
+                      lambda: tf.transpose(_resize_rows(tf.transpose(out, [1, 0, 2]), w), [1, 0, 2]))
     out = tf.cast(tf.round(out), img.dtype)   # no clip: each output is a convex combination of inputs
     sx = tf.cast(w, _f32) / tf.cast(iw, _f32)
     sy = tf.cast(h, _f32) / tf.cast(ih, _f32)
     return out, boxes * tf.stack([sx, sy, sx, sy])
 
 
-def _short_side_size(img, size: int):
-    """torchvision ``Resize(size)``'s output (h, w): shorter side -> size, longer = int(size * long / short)."""
+def resize_short_side(img, boxes, size: int, transposed: bool = False):
+    """torchvision ``Resize(size)``: shorter side -> size, longer = int(size * long / short)."""
     ih, iw = image_hw(img)
     fh, fw = tf.cast(ih, _f32), tf.cast(iw, _f32)
     w_short = iw <= ih
     nh = tf.where(w_short, tf.cast(tf.floor(size * fh / fw), tf.int32), size)
     nw = tf.where(w_short, size, tf.cast(tf.floor(size * fw / fh), tf.int32))
-    return nh, nw
-
-
-def resize_short_side(img, boxes, size: int):
-    """torchvision ``Resize(size)``: shorter side -> size, longer = int(size * long / short)."""
-    return resize(img, boxes, *_short_side_size(img, size))
-
-
-def resize_short_side_transposed(img, boxes, size: int):
-    """``resize_short_side`` with the image returned transposed, [w, h, C]: the resize's last step
-    (the transpose back after its column pass) is left out, for a consumer that can read it so."""
-    ih, iw = image_hw(img)
-    h, w = _short_side_size(img, size)
-    out = tf.cast(img, _f32)
-    out = tf.cond(h == ih, lambda: out, lambda: _resize_rows(out, h))
-    out = tf.transpose(out, [1, 0, 2])
-    out = tf.cond(w == iw, lambda: out, lambda: _resize_rows(out, w))
-    sx, sy = tf.cast(w, _f32) / tf.cast(iw, _f32), tf.cast(h, _f32) / tf.cast(ih, _f32)
-    return tf.cast(tf.round(out), img.dtype), boxes * tf.stack([sx, sy, sx, sy])
+    return resize(img, boxes, nh, nw, transposed)
 
 
 def sanitize(boxes, labels, h, w, min_size: float = 1.0):
@@ -319,7 +308,7 @@ def mosaic(imgs, boxes_list, labels_list, seed, size: int = 320, **affine_kw):
     RandomAffine (``mirror=`` in ``affine_kw`` mirrors the image). Returns (image, boxes, labels).
     The cells and the canvas are built transposed ([w, h, C]; the affine gather reads them so),
     which saves each cell's transpose back."""
-    rs = [resize_short_side_transposed(im, b, size) for im, b in zip(imgs, boxes_list)]
+    rs = [resize_short_side(im, b, size, transposed=True) for im, b in zip(imgs, boxes_list)]
     ws = tf.stack([tf.shape(r[0])[0] for r in rs])
     hs = tf.stack([tf.shape(r[0])[1] for r in rs])
     mh, mw = tf.reduce_max(hs), tf.reduce_max(ws)
